@@ -1,0 +1,663 @@
+//! Wire types of the DTMA control channel.
+//!
+//! This crate is the contract between the agent (`dtma`) and the backend. It holds serde types and
+//! pure functions over them, nothing that does I/O. `protocol/README.md` is the prose spec; the
+//! JSON Schema in `protocol/schema/` is generated from these types (see [`schema`]) and a test
+//! fails when the committed copy drifts.
+//!
+//! Every WebSocket text frame carries exactly one JSON object with a `type` field.
+//! * [`AgentMessage`]: agent -> backend.
+//! * [`BackendMessage`]: backend -> agent, decoded with [`decode_backend`] so that every bad
+//!   frame becomes a typed [`DecodeError`] that still carries the request id when one was readable.
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this crate describes. Sent in `hello`, echoed in `welcome`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Longest request id the agent accepts, in bytes.
+pub const MAX_ID_LEN: usize = 128;
+
+/// WebSocket close codes used on the channel (RFC 6455 reserves 4000-4999 for applications).
+pub mod close_code {
+    /// The backend does not speak the agent's protocol version (sent by the backend).
+    pub const UNSUPPORTED_VERSION: u16 = 4001;
+    /// The backend replaced this session with a newer one for the same agent id.
+    pub const REPLACED: u16 = 4002;
+    /// The peer broke the handshake order (e.g. a request before `hello`/`welcome`).
+    pub const PROTOCOL_ERROR: u16 = 4003;
+    /// The agent is shutting down; it will not reconnect.
+    pub const SHUTDOWN: u16 = 4004;
+    /// The agent or backend declared the link dead (no traffic for two heartbeat intervals).
+    pub const DEAD_LINK: u16 = 4005;
+}
+
+/// A request id chosen by the backend. Unique per agent; 1 to [`MAX_ID_LEN`] bytes.
+pub type RequestId = String;
+
+/// Which pipe of a child process a chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Fd {
+    Stdout,
+    Stderr,
+}
+
+/// How `data` in an `output` event is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Encoding {
+    /// `data` is the bytes as UTF-8 text. Chunks never split a UTF-8 character.
+    Utf8,
+    /// `data` is standard base64 (RFC 4648, with padding) of bytes that are not valid UTF-8.
+    Base64,
+}
+
+/// Where a stream stands, as reported in `hello` and `state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamPhase {
+    /// The request is still producing events.
+    Running,
+    /// The terminal event has been produced; it waits for the backend's ack.
+    Finished,
+    /// The terminal event was acknowledged; the agent keeps only the id (to refuse a re-run).
+    Closed,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Agent -> backend
+// ---------------------------------------------------------------------------------------------
+
+/// Every message the agent sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AgentMessage {
+    Hello(Hello),
+    Started(Started),
+    Output(Output),
+    Exit(Exit),
+    Result(ResultEvent),
+    Error(ErrorEvent),
+    State(StateEvent),
+    Status(Status),
+}
+
+/// First frame on every connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Hello {
+    pub agent_id: String,
+    pub agent_version: String,
+    pub protocol_version: u32,
+    /// Request types and features this agent serves (e.g. `exec`, `credit`, `resume`).
+    pub capabilities: Vec<String>,
+    /// Streams the agent still holds from before this connection.
+    pub streams: Vec<StreamResume>,
+    /// Largest text frame the agent accepts, in bytes.
+    pub max_frame_bytes: u64,
+}
+
+/// One stream the agent still holds, listed in `hello`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StreamResume {
+    pub id: RequestId,
+    pub phase: StreamPhase,
+    /// Lowest sequence number the agent still buffers (everything below was acknowledged).
+    pub first_seq: u64,
+    /// Sequence number the next new event of this stream will get.
+    pub next_seq: u64,
+}
+
+/// An exec has spawned its child. Always `seq` 0 of an exec stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Started {
+    pub id: RequestId,
+    pub seq: u64,
+    pub pid: u32,
+    /// RFC 3339 UTC time the child was spawned.
+    pub at: String,
+}
+
+/// A chunk of a child's output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Output {
+    pub id: RequestId,
+    pub seq: u64,
+    pub fd: Fd,
+    pub encoding: Encoding,
+    pub data: String,
+}
+
+/// The terminal event of an exec stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Exit {
+    pub id: RequestId,
+    pub seq: u64,
+    /// The exit code when the child exited normally.
+    pub exit_code: Option<i32>,
+    /// The signal number when the child was killed by a signal (e.g. 15, 9).
+    pub signal: Option<i32>,
+    /// True when the request's timeout fired.
+    pub timed_out: bool,
+    /// True when a `cancel` request (or agent shutdown) stopped it.
+    pub cancelled: bool,
+    /// When the agent had to stop the child: the last signal it sent to the process group
+    /// (`SIGTERM`, or `SIGKILL` after the grace period). Absent when the child ended by itself.
+    pub killed_with: Option<String>,
+    pub duration_ms: u64,
+    /// Bytes the child wrote to stdout / stderr (including bytes past the cap, which were read
+    /// and discarded).
+    pub stdout_bytes: u64,
+    pub stderr_bytes: u64,
+    /// True when output beyond the request's `max_output_bytes` was discarded.
+    pub truncated: bool,
+}
+
+/// The terminal event of a one-shot request (`ping`, `cancel`, ...). `data` depends on the
+/// request type; see protocol/README.md.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ResultEvent {
+    pub id: RequestId,
+    pub seq: u64,
+    pub data: serde_json::Value,
+}
+
+/// A typed error. With `seq` it is the terminal event of stream `id` and must be acknowledged;
+/// without `seq` it answers a frame that never became a stream (undecodable input).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ErrorEvent {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<RequestId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// The answer to a request whose id the agent has already seen: the request is not run again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StateEvent {
+    pub id: RequestId,
+    pub phase: StreamPhase,
+    /// Next sequence number of the stream (its event count so far).
+    pub next_seq: u64,
+}
+
+/// Periodic heartbeat. Not sequenced, not acknowledged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Status {
+    pub agent_version: String,
+    pub uptime_s: u64,
+    /// RFC 3339 UTC time of the sample.
+    pub at: String,
+    /// 1, 5 and 15 minute load averages.
+    pub load_average: [f64; 3],
+    pub cpu_load_percent: f64,
+    pub memory: MemoryStatus,
+    pub disk: Option<DiskStatus>,
+    /// Requests currently producing events.
+    pub streams_running: u64,
+    /// Streams held (running or waiting for their final ack).
+    pub streams_held: u64,
+    /// MCP tool containers (filled by the Docker work; empty until then).
+    pub tool_statuses: Vec<ToolStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct MemoryStatus {
+    pub total_bytes: u64,
+    pub used_bytes: u64,
+    pub free_bytes: u64,
+    pub available_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DiskStatus {
+    pub mount: String,
+    pub total_bytes: u64,
+    pub used_bytes: u64,
+    pub free_bytes: u64,
+}
+
+/// One MCP tool container, as the old HTTP heartbeat reported it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ToolStatus {
+    pub account_tool_instance_id: String,
+    pub instance_name_on_toolbox: String,
+    pub status_on_toolbox: String,
+    pub runtime_details: serde_json::Value,
+}
+
+/// Stable error codes. The agent never invents others within a protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame is not valid JSON, or not a JSON object.
+    MalformedJson,
+    /// The text frame is longer than `max_frame_bytes`.
+    FrameTooLarge,
+    /// A binary frame: the backend sends text frames only.
+    UnsupportedFrame,
+    /// `type` is missing or not one the agent knows.
+    UnknownType,
+    /// A field is missing, mistyped or out of range; `message` names it.
+    InvalidRequest,
+    /// `expires_at` had passed when the request arrived; it was not run.
+    Expired,
+    /// The request type is known but not served by this build yet.
+    NotImplemented,
+    /// The command policy refused the command.
+    Denied,
+    /// The child process could not be started.
+    SpawnFailed,
+    /// The agent holds too many streams; retry after some finish.
+    TooManyStreams,
+    /// The agent is shutting down and takes no new work.
+    ShuttingDown,
+    /// A message arrived before the handshake finished.
+    ProtocolError,
+    /// A bug or an unexpected local failure; `message` says what.
+    Internal,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backend -> agent
+// ---------------------------------------------------------------------------------------------
+
+/// Every message the backend sends: control messages and requests share the `type` field.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum BackendMessage {
+    Control(Control),
+    Request(Request),
+}
+
+/// Messages that steer the channel itself. They carry no request id of their own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Control {
+    Welcome(Welcome),
+    Ack(Ack),
+    Credit(Credit),
+    Reconnect(Reconnect),
+}
+
+/// The backend's answer to `hello`. The agent processes nothing else before it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Welcome {
+    pub protocol_version: u32,
+    /// The backend's name for this session (for logs on both sides).
+    pub session_id: String,
+    /// How often the agent sends `status`; the agent's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_interval_ms: Option<u64>,
+    /// Credit limit each new stream starts with, in bytes; the agent's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_credit: Option<u64>,
+    /// For streams listed in `hello`: the highest seq the backend already holds. The agent
+    /// resends from the next one. A stream missing here is resent from its `first_seq`.
+    #[serde(default)]
+    pub resume: Vec<ResumePoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ResumePoint {
+    pub id: RequestId,
+    /// Highest seq the backend holds; `null` when it holds none.
+    pub ack: Option<u64>,
+    /// The stream's current credit limit (as in `credit`), in case a `credit` was lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credit_limit: Option<u64>,
+}
+
+/// Cumulative acknowledgement: the backend holds every event of stream `id` up to `seq`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Ack {
+    pub id: RequestId,
+    pub seq: u64,
+}
+
+/// Flow control: stream `id` may forward output up to `limit` bytes in total, counted in raw
+/// bytes (before any encoding) from the stream's start. Limits only grow: a smaller or repeated
+/// value changes nothing, so resending a credit (e.g. after a reconnect) is always safe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Credit {
+    pub id: RequestId,
+    pub limit: u64,
+}
+
+/// Server-directed backoff or redirect: the agent closes this connection, waits `after_ms`
+/// and dials `url` (or its configured URL when absent).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Reconnect {
+    #[serde(default)]
+    pub after_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A request: an id, an optional deadline, and one of the request bodies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Request {
+    pub id: RequestId,
+    /// RFC 3339 time after which the agent must not start the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    #[serde(flatten)]
+    pub body: RequestBody,
+}
+
+/// The closed set of request types. Each one's replies are listed in protocol/README.md.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RequestBody {
+    /// Run a shell command; streams `started`, `output`*, then `exit`.
+    Exec(Exec),
+    /// Stop a running request; answers `result` with [`CancelResult`].
+    Cancel(Cancel),
+    /// Liveness check through the request path; answers `result` with `{"pong": true}`.
+    Ping(Ping),
+    /// Deploy a group of MCP server containers (Docker work: not implemented yet).
+    McpDeploy(McpPlaceholder),
+    /// Remove a group of MCP server containers (not implemented yet).
+    McpRemove(McpPlaceholder),
+    /// Status of all MCP groups and servers (not implemented yet).
+    McpStatus(McpPlaceholder),
+    /// Restart one MCP server (not implemented yet).
+    McpRestart(McpPlaceholder),
+    /// Follow a container's logs as a stream (not implemented yet).
+    LogsFollow(McpPlaceholder),
+    /// System or Docker diagnostics (not implemented yet).
+    Diagnostics(McpPlaceholder),
+}
+
+impl RequestBody {
+    /// The wire name of this request type.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RequestBody::Exec(_) => "exec",
+            RequestBody::Cancel(_) => "cancel",
+            RequestBody::Ping(_) => "ping",
+            RequestBody::McpDeploy(_) => "mcp_deploy",
+            RequestBody::McpRemove(_) => "mcp_remove",
+            RequestBody::McpStatus(_) => "mcp_status",
+            RequestBody::McpRestart(_) => "mcp_restart",
+            RequestBody::LogsFollow(_) => "logs_follow",
+            RequestBody::Diagnostics(_) => "diagnostics",
+        }
+    }
+}
+
+/// Run `/bin/sh -c command`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Exec {
+    pub command: String,
+    /// Milliseconds before the process group gets SIGTERM (then SIGKILL). Agent default when
+    /// absent; must be 1..=the agent's maximum.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Working directory; the agent's when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// Extra environment variables for the child.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Text written to the child's stdin, which is then closed. Stdin is empty when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
+    /// This stream's initial credit limit in bytes, instead of the session's `initial_credit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credit: Option<u64>,
+    /// Cap on output bytes forwarded (stdout + stderr); the rest is read and discarded and
+    /// `exit.truncated` is set. The agent's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Cancel {
+    /// The id of the request to stop.
+    pub target: RequestId,
+}
+
+/// `data` of the `result` answering a `cancel`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CancelResult {
+    pub target: RequestId,
+    /// True when the target was running and has been told to stop; its own stream ends with
+    /// `exit` (`cancelled: true`).
+    pub cancelled: bool,
+    /// The target's phase when the cancel arrived; `null` when the agent never saw it.
+    pub phase: Option<StreamPhase>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Ping {}
+
+/// Body of the request types whose work lands with the Docker issue; any fields are accepted
+/// and kept so that the later typed versions stay wire compatible.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct McpPlaceholder {
+    #[serde(flatten)]
+    pub fields: BTreeMap<String, serde_json::Value>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoding backend frames
+// ---------------------------------------------------------------------------------------------
+
+/// Why a backend frame could not be decoded. Each variant maps to one [`ErrorCode`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum DecodeError {
+    MalformedJson {
+        detail: String,
+    },
+    UnknownType {
+        id: Option<RequestId>,
+        kind: Option<String>,
+    },
+    Invalid {
+        id: Option<RequestId>,
+        detail: String,
+    },
+}
+
+impl DecodeError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            DecodeError::MalformedJson { .. } => ErrorCode::MalformedJson,
+            DecodeError::UnknownType { .. } => ErrorCode::UnknownType,
+            DecodeError::Invalid { .. } => ErrorCode::InvalidRequest,
+        }
+    }
+
+    /// The request id, when the frame had a readable one.
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            DecodeError::MalformedJson { .. } => None,
+            DecodeError::UnknownType { id, .. } | DecodeError::Invalid { id, .. } => id.as_deref(),
+        }
+    }
+
+    /// The error as the agent sends it back (unsequenced).
+    pub fn to_event(&self) -> ErrorEvent {
+        ErrorEvent {
+            id: self.id().map(str::to_owned),
+            seq: None,
+            code: self.code(),
+            message: self.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::MalformedJson { detail } => write!(f, "malformed JSON: {detail}"),
+            DecodeError::UnknownType { kind: None, .. } => {
+                write!(f, "the message has no string field `type`")
+            }
+            DecodeError::UnknownType { kind: Some(k), .. } => {
+                write!(f, "unknown message type `{k}`")
+            }
+            DecodeError::Invalid { detail, .. } => write!(f, "invalid message: {detail}"),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+const CONTROL_TYPES: [&str; 4] = ["welcome", "ack", "credit", "reconnect"];
+const REQUEST_TYPES: [&str; 9] = [
+    "exec",
+    "cancel",
+    "ping",
+    "mcp_deploy",
+    "mcp_remove",
+    "mcp_status",
+    "mcp_restart",
+    "logs_follow",
+    "diagnostics",
+];
+
+/// Decode one backend text frame. The id is read first so that every later failure can name it.
+pub fn decode_backend(text: &str) -> Result<BackendMessage, DecodeError> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| DecodeError::MalformedJson {
+            detail: e.to_string(),
+        })?;
+    let serde_json::Value::Object(map) = &value else {
+        return Err(DecodeError::MalformedJson {
+            detail: "expected a JSON object".into(),
+        });
+    };
+    let id = match map.get("id") {
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        _ => None,
+    };
+    let kind = match map.get("type") {
+        Some(serde_json::Value::String(s)) => s.as_str(),
+        _ => return Err(DecodeError::UnknownType { id, kind: None }),
+    };
+    let invalid = |e: serde_json::Error| DecodeError::Invalid {
+        id: id.clone(),
+        detail: e.to_string(),
+    };
+    if CONTROL_TYPES.contains(&kind) {
+        return serde_json::from_value(value.clone())
+            .map(BackendMessage::Control)
+            .map_err(invalid);
+    }
+    if !REQUEST_TYPES.contains(&kind) {
+        return Err(DecodeError::UnknownType {
+            id,
+            kind: Some(kind.to_owned()),
+        });
+    }
+    let request: Request = serde_json::from_value(value.clone()).map_err(invalid)?;
+    validate_id(&request.id).map_err(|detail| DecodeError::Invalid {
+        id: id.clone(),
+        detail,
+    })?;
+    Ok(BackendMessage::Request(request))
+}
+
+fn validate_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("field `id` must not be empty".into());
+    }
+    if id.len() > MAX_ID_LEN {
+        return Err(format!("field `id` is longer than {MAX_ID_LEN} bytes"));
+    }
+    if id.chars().any(char::is_control) {
+        return Err("field `id` contains control characters".into());
+    }
+    Ok(())
+}
+
+/// JSON Schemas of both directions, as committed in `protocol/schema/`.
+pub mod schema {
+    /// `(file name, pretty JSON)` for each committed schema file.
+    pub fn generate() -> Vec<(&'static str, String)> {
+        let pretty = |s: schemars::Schema| {
+            let mut text =
+                serde_json::to_string_pretty(&s).expect("a schema is always serialisable");
+            text.push('\n');
+            text
+        };
+        vec![
+            (
+                "agent-message.schema.json",
+                pretty(schemars::schema_for!(super::AgentMessage)),
+            ),
+            (
+                "backend-message.schema.json",
+                pretty(schemars::schema_for!(super::BackendMessage)),
+            ),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_decodes_with_defaults() {
+        let m = decode_backend(r#"{"type":"exec","id":"r1","command":"true"}"#).unwrap();
+        let BackendMessage::Request(r) = m else {
+            panic!("not a request: {m:?}")
+        };
+        assert_eq!(r.id, "r1");
+        assert_eq!(
+            r.body,
+            RequestBody::Exec(Exec {
+                command: "true".into(),
+                ..Exec::default()
+            })
+        );
+    }
+
+    #[test]
+    fn bad_frames_are_typed_and_keep_the_id() {
+        let e = decode_backend("{nope").unwrap_err();
+        assert_eq!(e.code(), ErrorCode::MalformedJson);
+        let e = decode_backend("[1,2]").unwrap_err();
+        assert_eq!(e.code(), ErrorCode::MalformedJson);
+        let e = decode_backend(r#"{"id":"a"}"#).unwrap_err();
+        assert_eq!((e.code(), e.id()), (ErrorCode::UnknownType, Some("a")));
+        let e = decode_backend(r#"{"type":"launch","id":"b"}"#).unwrap_err();
+        assert_eq!((e.code(), e.id()), (ErrorCode::UnknownType, Some("b")));
+        let e = decode_backend(r#"{"type":"exec","id":"c"}"#).unwrap_err();
+        assert_eq!((e.code(), e.id()), (ErrorCode::InvalidRequest, Some("c")));
+        assert!(e.to_string().contains("command"), "{e}");
+        let e = decode_backend(r#"{"type":"exec","id":"d","command":7}"#).unwrap_err();
+        assert_eq!((e.code(), e.id()), (ErrorCode::InvalidRequest, Some("d")));
+        let e = decode_backend(r#"{"type":"exec","id":"","command":"x"}"#).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::InvalidRequest);
+        let e = decode_backend(r#"{"type":"ack","id":"e","seq":-1}"#).unwrap_err();
+        assert_eq!((e.code(), e.id()), (ErrorCode::InvalidRequest, Some("e")));
+        let e = decode_backend(r#"{"type":"exec","id":"f","command":"x","bogus":1}"#).unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn control_round_trips() {
+        let c = BackendMessage::Control(Control::Credit(Credit {
+            id: "x".into(),
+            limit: 5,
+        }));
+        let text = serde_json::to_string(&c).unwrap();
+        assert_eq!(text, r#"{"type":"credit","id":"x","limit":5}"#);
+        assert_eq!(decode_backend(&text).unwrap(), c);
+    }
+}

@@ -1,0 +1,702 @@
+//! A reference backend: accepts agent connections on `/dtma/connect` and lets an operator drive
+//! them over HTTP. Used by `examples/control_plane.rs`, the integration tests and benchmarks.
+//!
+//! It implements the backend's side of the protocol the way protocol/README.md asks: it answers
+//! `hello` with `welcome` and resume points, delivers each stream's events exactly once and in
+//! order (dropping resent duplicates by `seq`), acknowledges them, and grants credit as its
+//! consumers read. Operator API:
+//! - `GET /agents`: connected agents.
+//! - `POST /agents/{id}/exec` with an `exec` body (`{"command": "..."}`): the output streams back
+//!   as it arrives (raw text), ending with a `[dtma] exit ...` line; `?format=ndjson` gives the
+//!   events as JSON lines instead.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use dtma_protocol::{
+    AgentMessage, BackendMessage, Control, Credit, Encoding, Exec, Hello, PROTOCOL_VERSION,
+    Reconnect, Request, RequestBody, ResumePoint, Welcome, close_code,
+};
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Method, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// How the reference backend behaves.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Bearer tokens agents may connect with.
+    pub tokens: Vec<String>,
+    /// Credit limit of a new stream, in bytes.
+    pub initial_credit: u64,
+    /// `heartbeat_interval_ms` sent in `welcome`.
+    pub heartbeat_interval_ms: Option<u64>,
+    /// Protocol version announced in `welcome` (tests set a wrong one).
+    pub protocol_version: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            tokens: Vec::new(),
+            initial_credit: 256 << 10,
+            heartbeat_interval_ms: None,
+            protocol_version: PROTOCOL_VERSION,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("agent `{0}` is not connected")]
+    NotConnected(String),
+}
+
+/// Counters a test can assert on.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Events received again after they had been delivered (resends); dropped.
+    pub duplicates: AtomicU64,
+    /// Events that skipped a seq: a protocol violation by the agent.
+    pub gaps: AtomicU64,
+    /// Sessions accepted so far.
+    pub sessions: AtomicU64,
+    /// Events for streams this backend does not know (acknowledged and dropped).
+    pub orphan_events: AtomicU64,
+}
+
+/// One connected agent.
+pub struct Session {
+    pub agent_id: String,
+    pub hello: Hello,
+    pub session_id: String,
+    tx: mpsc::UnboundedSender<Message>,
+}
+
+impl Session {
+    fn send_json<T: serde::Serialize>(&self, m: &T) {
+        if let Ok(text) = serde_json::to_string(m) {
+            let _ = self.tx.send(Message::text(text));
+        }
+    }
+}
+
+struct Slot {
+    /// Highest seq delivered to the consumer.
+    highest: Option<u64>,
+    /// Credit limit granted so far.
+    limit: u64,
+    tx: mpsc::UnboundedSender<AgentMessage>,
+}
+
+struct Inner {
+    opts: Options,
+    agents: Mutex<HashMap<String, Arc<Session>>>,
+    changed: watch::Sender<u64>,
+    /// Streams by (agent id, request id); they outlive sessions.
+    slots: Mutex<HashMap<(String, String), Slot>>,
+    notices: broadcast::Sender<(String, AgentMessage)>,
+    next_id: AtomicU64,
+    stats: Stats,
+}
+
+/// The reference backend. Cheap to clone.
+#[derive(Clone)]
+pub struct ControlPlane {
+    inner: Arc<Inner>,
+}
+
+impl ControlPlane {
+    pub fn new(opts: Options) -> ControlPlane {
+        ControlPlane {
+            inner: Arc::new(Inner {
+                opts,
+                agents: Mutex::new(HashMap::new()),
+                changed: watch::channel(0).0,
+                slots: Mutex::new(HashMap::new()),
+                notices: broadcast::channel(4096).0,
+                next_id: AtomicU64::new(1),
+                stats: Stats::default(),
+            }),
+        }
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.inner.stats
+    }
+
+    /// Serve agents and operators on `listener` until `stop` is cancelled.
+    pub fn serve(
+        &self,
+        listener: TcpListener,
+        stop: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let cp = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, peer) = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = listener.accept() => match r {
+                        Ok(v) => v,
+                        Err(e) => { warn!(error = %e, "accept failed"); continue; }
+                    },
+                };
+                let _ = tcp.set_nodelay(true);
+                let cp = cp.clone();
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let cp = cp.clone();
+                        let stop = stop.clone();
+                        async move { Ok::<_, Infallible>(cp.route(req, peer, stop).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), service)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        })
+    }
+
+    /// Bind `addr` and serve. Returns the bound address.
+    pub async fn bind(
+        &self,
+        addr: SocketAddr,
+        stop: CancellationToken,
+    ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+        let listener = TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        Ok((local, self.serve(listener, stop)))
+    }
+
+    /// The session of agent `id`, when connected.
+    pub fn session(&self, id: &str) -> Option<Arc<Session>> {
+        lock(&self.inner.agents).get(id).cloned()
+    }
+
+    /// Wait until agent `id` is connected and return its session.
+    pub async fn wait_for_agent(&self, id: &str) -> Arc<Session> {
+        let mut rx = self.inner.changed.subscribe();
+        loop {
+            if let Some(s) = self.session(id) {
+                return s;
+            }
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Wait until agent `id` connects with a session other than `old`.
+    pub async fn wait_for_new_session(&self, id: &str, old: &str) -> Arc<Session> {
+        let mut rx = self.inner.changed.subscribe();
+        loop {
+            if let Some(s) = self.session(id)
+                && s.session_id != old
+            {
+                return s;
+            }
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Unsequenced messages from agents (errors without seq, state, status).
+    pub fn notices(&self) -> broadcast::Receiver<(String, AgentMessage)> {
+        self.inner.notices.subscribe()
+    }
+
+    /// Send a request; its events arrive on the returned stream.
+    pub fn request(&self, agent: &str, body: RequestBody) -> Result<StreamRx, Error> {
+        let id = format!("req-{}", self.inner.next_id.fetch_add(1, Ordering::Relaxed));
+        self.request_with_id(agent, id, None, body)
+    }
+
+    /// Send a request with a chosen id and optional `expires_at`.
+    pub fn request_with_id(
+        &self,
+        agent: &str,
+        id: String,
+        expires_at: Option<String>,
+        body: RequestBody,
+    ) -> Result<StreamRx, Error> {
+        let session = self
+            .session(agent)
+            .ok_or_else(|| Error::NotConnected(agent.to_owned()))?;
+        let limit = match &body {
+            RequestBody::Exec(Exec {
+                credit: Some(c), ..
+            }) => *c,
+            _ => self.inner.opts.initial_credit,
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        lock(&self.inner.slots).insert(
+            (agent.to_owned(), id.clone()),
+            Slot {
+                highest: None,
+                limit,
+                tx,
+            },
+        );
+        session.send_json(&BackendMessage::Request(Request {
+            id: id.clone(),
+            expires_at,
+            body,
+        }));
+        Ok(StreamRx {
+            cp: self.clone(),
+            agent: agent.to_owned(),
+            id,
+            rx,
+            auto_credit: true,
+        })
+    }
+
+    /// Send a raw text frame to agent `id` (for tests of bad input).
+    pub fn send_raw(&self, agent: &str, text: impl Into<String>) -> Result<(), Error> {
+        let s = self
+            .session(agent)
+            .ok_or_else(|| Error::NotConnected(agent.to_owned()))?;
+        let _ = s.tx.send(Message::text(text.into()));
+        Ok(())
+    }
+
+    /// Send any message to agent `id`.
+    pub fn send(&self, agent: &str, m: &BackendMessage) -> Result<(), Error> {
+        let s = self
+            .session(agent)
+            .ok_or_else(|| Error::NotConnected(agent.to_owned()))?;
+        s.send_json(m);
+        Ok(())
+    }
+
+    /// Ask agent `id` to reconnect after `after_ms`, optionally elsewhere.
+    pub fn redirect(&self, agent: &str, after_ms: u64, url: Option<String>) -> Result<(), Error> {
+        self.send(
+            agent,
+            &BackendMessage::Control(Control::Reconnect(Reconnect {
+                after_ms,
+                url,
+                reason: Some("directed by the control plane".into()),
+            })),
+        )
+    }
+
+    fn grant(&self, agent: &str, id: &str, more: u64) {
+        let limit = {
+            let mut slots = lock(&self.inner.slots);
+            let Some(slot) = slots.get_mut(&(agent.to_owned(), id.to_owned())) else {
+                return;
+            };
+            slot.limit += more;
+            slot.limit
+        };
+        // A credit lost with a dropped connection is repeated in the next `welcome`.
+        if let Some(s) = self.session(agent) {
+            s.send_json(&BackendMessage::Control(Control::Credit(Credit {
+                id: id.to_owned(),
+                limit,
+            })));
+        }
+    }
+
+    async fn route(
+        &self,
+        req: hyper::Request<Incoming>,
+        peer: SocketAddr,
+        stop: CancellationToken,
+    ) -> hyper::Response<Body> {
+        let path = req.uri().path().to_owned();
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        match (req.method(), segments.as_slice()) {
+            (&Method::GET, ["dtma", "connect"]) => self.upgrade(req, peer, stop),
+            (&Method::GET, ["agents"]) => {
+                let list: Vec<serde_json::Value> = lock(&self.inner.agents)
+                    .values()
+                    .map(|s| {
+                        serde_json::json!({
+                            "agent_id": s.agent_id,
+                            "agent_version": s.hello.agent_version,
+                            "session_id": s.session_id,
+                            "capabilities": s.hello.capabilities,
+                        })
+                    })
+                    .collect();
+                json(StatusCode::OK, &serde_json::json!({ "agents": list }))
+            }
+            (&Method::POST, ["agents", agent, "exec"]) => {
+                let agent = agent.to_string();
+                let ndjson = req
+                    .uri()
+                    .query()
+                    .is_some_and(|q| q.contains("format=ndjson"));
+                let body = match req.into_body().collect().await {
+                    Ok(b) => b.to_bytes(),
+                    Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+                };
+                let exec: Exec = match serde_json::from_slice(&body) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        return text(StatusCode::BAD_REQUEST, format!("bad exec body: {e}\n"));
+                    }
+                };
+                match self.request(&agent, RequestBody::Exec(exec)) {
+                    Ok(stream) => stream_response(stream, ndjson),
+                    Err(e) => text(StatusCode::NOT_FOUND, format!("{e}\n")),
+                }
+            }
+            _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+        }
+    }
+
+    fn upgrade(
+        &self,
+        req: hyper::Request<Incoming>,
+        peer: SocketAddr,
+        stop: CancellationToken,
+    ) -> hyper::Response<Body> {
+        let token = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_owned);
+        if !token.is_some_and(|t| self.inner.opts.tokens.contains(&t)) {
+            warn!(%peer, "Agent refused: missing or unknown token.");
+            return text(StatusCode::UNAUTHORIZED, "unknown agent token\n".into());
+        }
+        let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+            return text(StatusCode::BAD_REQUEST, "not a WebSocket upgrade\n".into());
+        };
+        let cp = self.clone();
+        tokio::spawn(async move {
+            match hyper::upgrade::on(req).await {
+                Ok(upgraded) => {
+                    let ws = WebSocketStream::from_raw_socket(
+                        TokioIo::new(upgraded),
+                        Role::Server,
+                        None,
+                    )
+                    .await;
+                    cp.run_session(ws, peer, stop).await;
+                }
+                Err(e) => warn!(%peer, error = %e, "Upgrade failed."),
+            }
+        });
+        hyper::Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("upgrade", "websocket")
+            .header("connection", "upgrade")
+            .header("sec-websocket-accept", derive_accept_key(key.as_bytes()))
+            .body(empty())
+            .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, String::new()))
+    }
+
+    async fn run_session<S>(
+        &self,
+        ws: WebSocketStream<S>,
+        peer: SocketAddr,
+        stop: CancellationToken,
+    ) where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (mut sink, mut stream) = ws.split();
+        let hello = match stream.next().await {
+            Some(Ok(Message::Text(t))) => match serde_json::from_str::<AgentMessage>(t.as_str()) {
+                Ok(AgentMessage::Hello(h)) => h,
+                _ => {
+                    let _ = sink
+                        .send(close(close_code::PROTOCOL_ERROR, "expected hello"))
+                        .await;
+                    return;
+                }
+            },
+            _ => return,
+        };
+        if hello.protocol_version != PROTOCOL_VERSION {
+            let _ = sink
+                .send(close(
+                    close_code::UNSUPPORTED_VERSION,
+                    "unsupported protocol version",
+                ))
+                .await;
+            return;
+        }
+        let n = self.inner.stats.sessions.fetch_add(1, Ordering::Relaxed) + 1;
+        let session_id = format!("s{n}");
+        let agent_id = hello.agent_id.clone();
+        let resume = {
+            let slots = lock(&self.inner.slots);
+            hello
+                .streams
+                .iter()
+                .map(|s| {
+                    let slot = slots.get(&(agent_id.clone(), s.id.clone()));
+                    ResumePoint {
+                        id: s.id.clone(),
+                        ack: slot.and_then(|x| x.highest),
+                        credit_limit: slot.map(|x| x.limit),
+                    }
+                })
+                .collect()
+        };
+        let welcome = BackendMessage::Control(Control::Welcome(Welcome {
+            protocol_version: self.inner.opts.protocol_version,
+            session_id: session_id.clone(),
+            heartbeat_interval_ms: self.inner.opts.heartbeat_interval_ms,
+            initial_credit: Some(self.inner.opts.initial_credit),
+            resume,
+        }));
+        let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+        let session = Arc::new(Session {
+            agent_id: agent_id.clone(),
+            hello,
+            session_id: session_id.clone(),
+            tx,
+        });
+        session.send_json(&welcome);
+        let replaced = lock(&self.inner.agents).insert(agent_id.clone(), session.clone());
+        if let Some(old) = replaced {
+            // A newer session for the same agent wins: the old one is stale.
+            let _ = old
+                .tx
+                .send(close(close_code::REPLACED, "replaced by a newer session"));
+        }
+        self.inner.changed.send_modify(|v| *v += 1);
+        info!(%peer, agent_id = %agent_id, session_id = %session_id, "Agent connected.");
+
+        let writer = tokio::spawn(async move {
+            while let Some(m) = rx.recv().await {
+                let is_close = matches!(m, Message::Close(_));
+                if sink.send(m).await.is_err() || is_close {
+                    break;
+                }
+            }
+        });
+        loop {
+            let frame = tokio::select! {
+                _ = stop.cancelled() => break,
+                f = stream.next() => f,
+            };
+            match frame {
+                Some(Ok(Message::Text(t))) => self.on_event(&session, &t),
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            }
+        }
+        {
+            let mut agents = lock(&self.inner.agents);
+            if agents
+                .get(&agent_id)
+                .is_some_and(|s| s.session_id == session_id)
+            {
+                agents.remove(&agent_id);
+            }
+        }
+        self.inner.changed.send_modify(|v| *v += 1);
+        writer.abort();
+        info!(agent_id = %agent_id, session_id = %session_id, "Agent disconnected.");
+    }
+
+    fn on_event(&self, session: &Session, text: &Utf8Bytes) {
+        let msg: AgentMessage = match serde_json::from_str(text.as_str()) {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(error = %e, "Undecodable agent frame.");
+                return;
+            }
+        };
+        let (id, seq, terminal) = match &msg {
+            AgentMessage::Started(m) => (m.id.clone(), m.seq, false),
+            AgentMessage::Output(m) => (m.id.clone(), m.seq, false),
+            AgentMessage::Exit(m) => (m.id.clone(), m.seq, true),
+            AgentMessage::Result(m) => (m.id.clone(), m.seq, true),
+            AgentMessage::Error(m) => match (&m.id, m.seq) {
+                (Some(id), Some(seq)) => (id.clone(), seq, true),
+                _ => {
+                    let _ = self.inner.notices.send((session.agent_id.clone(), msg));
+                    return;
+                }
+            },
+            AgentMessage::State(_) | AgentMessage::Status(_) | AgentMessage::Hello(_) => {
+                let _ = self.inner.notices.send((session.agent_id.clone(), msg));
+                return;
+            }
+        };
+        let key = (session.agent_id.clone(), id.clone());
+        let mut slots = lock(&self.inner.slots);
+        match slots.get_mut(&key) {
+            None => {
+                self.inner
+                    .stats
+                    .orphan_events
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Some(slot) => {
+                let expected = slot.highest.map_or(0, |h| h + 1);
+                if seq < expected {
+                    self.inner.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                if seq > expected {
+                    self.inner.stats.gaps.fetch_add(1, Ordering::Relaxed);
+                }
+                slot.highest = Some(seq);
+                let _ = slot.tx.send(msg);
+                if terminal {
+                    slots.remove(&key);
+                }
+            }
+        }
+        drop(slots);
+        session.send_json(&BackendMessage::Control(Control::Ack(dtma_protocol::Ack {
+            id,
+            seq,
+        })));
+    }
+}
+
+/// The events of one request, in order, each exactly once.
+pub struct StreamRx {
+    cp: ControlPlane,
+    agent: String,
+    id: String,
+    rx: mpsc::UnboundedReceiver<AgentMessage>,
+    auto_credit: bool,
+}
+
+impl StreamRx {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Stop granting credit as events are read (the test grants with [`StreamRx::grant`]).
+    pub fn manual_credit(mut self) -> Self {
+        self.auto_credit = false;
+        self
+    }
+
+    /// Raise the stream's credit limit by `bytes`.
+    pub fn grant(&self, bytes: u64) {
+        self.cp.grant(&self.agent, &self.id, bytes);
+    }
+
+    /// The next event; `None` after the terminal one.
+    pub async fn recv(&mut self) -> Option<AgentMessage> {
+        let m = self.rx.recv().await?;
+        if self.auto_credit
+            && let AgentMessage::Output(o) = &m
+        {
+            self.grant(output_bytes(o).len() as u64);
+        }
+        Some(m)
+    }
+}
+
+/// The raw bytes of an output event.
+pub fn output_bytes(o: &dtma_protocol::Output) -> Vec<u8> {
+    match o.encoding {
+        Encoding::Utf8 => o.data.as_bytes().to_vec(),
+        Encoding::Base64 => base64::engine::general_purpose::STANDARD
+            .decode(&o.data)
+            .unwrap_or_default(),
+    }
+}
+
+fn stream_response(mut stream: StreamRx, ndjson: bool) -> hyper::Response<Body> {
+    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    tokio::spawn(async move {
+        while let Some(m) = stream.recv().await {
+            let chunk = if ndjson {
+                let mut line = serde_json::to_vec(&m).unwrap_or_default();
+                line.push(b'\n');
+                line
+            } else {
+                match &m {
+                    AgentMessage::Output(o) => output_bytes(o),
+                    AgentMessage::Exit(e) => format!(
+                        "[dtma] exit code={} signal={} timed_out={} cancelled={} duration_ms={} truncated={}\n",
+                        e.exit_code.map_or("-".into(), |c| c.to_string()),
+                        e.signal.map_or("-".into(), |c| c.to_string()),
+                        e.timed_out, e.cancelled, e.duration_ms, e.truncated
+                    )
+                    .into_bytes(),
+                    AgentMessage::Error(e) => {
+                        format!("[dtma] error {:?}: {}\n", e.code, e.message).into_bytes()
+                    }
+                    _ => continue,
+                }
+            };
+            // The HTTP client's pace is the stream's pace: credit follows consumption.
+            if tx.send(Bytes::from(chunk)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let body = StreamBody::new(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+    }));
+    hyper::Response::builder()
+        .status(StatusCode::OK)
+        .header(
+            "content-type",
+            if ndjson {
+                "application/x-ndjson"
+            } else {
+                "text/plain; charset=utf-8"
+            },
+        )
+        .body(BodyExt::boxed(body))
+        .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, String::new()))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn empty() -> Body {
+    BodyExt::boxed(Full::new(Bytes::new()))
+}
+
+fn text(status: StatusCode, body: String) -> hyper::Response<Body> {
+    let mut r = hyper::Response::new(BodyExt::boxed(Full::new(Bytes::from(body))));
+    *r.status_mut() = status;
+    r
+}
+
+fn json(status: StatusCode, v: &serde_json::Value) -> hyper::Response<Body> {
+    let mut r = text(status, v.to_string());
+    r.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn close(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.to_owned().into(),
+    }))
+}

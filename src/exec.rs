@@ -1,0 +1,461 @@
+//! The exec engine: `/bin/sh -c` in a new process group, both pipes read concurrently under
+//! the sink's flow control, timeout and cancel that stop the whole group (SIGTERM, then SIGKILL).
+//!
+//! The engine knows nothing about WebSockets or HTTP: it reads pipes into an [`OutputSink`].
+//! The channel's sink applies credit and buffering; the local API's sink collects into memory.
+
+use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use dtma_protocol::Fd;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ExecLimits, Secret};
+
+/// Largest single read from a pipe (the Linux pipe buffer is 64 KiB by default).
+const READ_CHUNK: usize = 64 << 10;
+
+/// Errors before the command ran. Once it runs, everything is reported in [`Outcome`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the command is empty")]
+    EmptyCommand,
+    #[error("timeout must be between 1 and {max_ms} ms, got {got_ms}")]
+    BadTimeout { got_ms: u64, max_ms: u64 },
+    #[error("environment variable name `{0}` is not allowed")]
+    BadEnvName(String),
+    #[error("cannot start /bin/sh: {0}")]
+    Spawn(std::io::Error),
+}
+
+/// A command to run, already validated against the limits by [`ExecSpec::new`].
+#[derive(Debug, Clone)]
+pub struct ExecSpec {
+    pub command: String,
+    pub timeout: Duration,
+    pub cwd: Option<String>,
+    pub env: BTreeMap<String, String>,
+    pub stdin: Option<Vec<u8>>,
+    pub max_output: u64,
+}
+
+impl ExecSpec {
+    /// Validate a request's fields against the engine's limits.
+    pub fn new(
+        command: String,
+        timeout_ms: Option<u64>,
+        max_output: Option<u64>,
+        limits: &ExecLimits,
+    ) -> Result<ExecSpec, Error> {
+        if command.trim().is_empty() {
+            return Err(Error::EmptyCommand);
+        }
+        let max_ms = limits.max_timeout.as_millis() as u64;
+        let timeout = match timeout_ms {
+            None => limits.default_timeout,
+            Some(ms) if (1..=max_ms).contains(&ms) => Duration::from_millis(ms),
+            Some(ms) => return Err(Error::BadTimeout { got_ms: ms, max_ms }),
+        };
+        Ok(ExecSpec {
+            command,
+            timeout,
+            cwd: None,
+            env: BTreeMap::new(),
+            stdin: None,
+            max_output: max_output.unwrap_or(limits.default_max_output),
+        })
+    }
+
+    pub fn with_env(mut self, env: BTreeMap<String, String>) -> Result<ExecSpec, Error> {
+        for name in env.keys() {
+            let valid = !name.is_empty()
+                && !name.contains(['=', '\0'])
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(Error::BadEnvName(name.clone()));
+            }
+        }
+        self.env = env;
+        Ok(self)
+    }
+}
+
+/// Where output goes. Implementations decide how much may be read next (flow control).
+pub trait OutputSink: Send + Sync + 'static {
+    /// The child is running with this pid.
+    fn started(&self, pid: u32);
+    /// Wait until output may be forwarded, then reserve up to `want` bytes of it.
+    fn reserve(&self, want: usize) -> impl Future<Output = usize> + Send;
+    /// Forward `data` (at most what was reserved); the rest of the reservation is returned.
+    fn output(&self, fd: Fd, data: &[u8], reserved: usize);
+    /// No more output will come from `fd`.
+    fn eof(&self, fd: Fd);
+}
+
+/// How a command ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub pid: u32,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+    pub cancelled: bool,
+    /// The last signal the engine sent to the process group, if it had to stop it.
+    pub killed_with: Option<&'static str>,
+    pub duration: Duration,
+    pub stdout_bytes: u64,
+    pub stderr_bytes: u64,
+    pub truncated: bool,
+}
+
+/// Counters shared by the two pipe readers.
+#[derive(Default)]
+struct Counters {
+    stdout: AtomicU64,
+    stderr: AtomicU64,
+    forwarded: AtomicU64,
+    truncated: AtomicBool,
+}
+
+/// Run one command to completion. `cancel` stops it early (the outcome says `cancelled`).
+pub async fn run<S: OutputSink>(
+    spec: ExecSpec,
+    limits: &ExecLimits,
+    secrets: &[Secret],
+    sink: Arc<S>,
+    cancel: CancellationToken,
+) -> Result<Outcome, Error> {
+    let start = Instant::now();
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(&spec.command)
+        .process_group(0)
+        .stdin(if spec.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(false)
+        .env_clear()
+        .envs(child_env(std::env::vars(), &limits.scrub_env, secrets))
+        .envs(&spec.env);
+    if let Some(cwd) = &spec.cwd {
+        cmd.current_dir(cwd);
+    }
+    let mut child = cmd.spawn().map_err(Error::Spawn)?;
+    let pid = child.id().unwrap_or_default();
+    sink.started(pid);
+
+    if let (Some(mut pipe), Some(input)) = (child.stdin.take(), spec.stdin) {
+        // A child that never reads its stdin must not block us: write in the background.
+        tokio::spawn(async move {
+            let _ = pipe.write_all(&input).await;
+        });
+    }
+
+    let counters = Arc::new(Counters::default());
+    // Set once the group has been killed: readers stop waiting for credit and discard.
+    let stopped = CancellationToken::new();
+    let readers = [
+        (child.stdout.take().map(boxed), Fd::Stdout),
+        (child.stderr.take().map(boxed), Fd::Stderr),
+    ]
+    .into_iter()
+    .filter_map(|(pipe, fd)| pipe.map(|p| (p, fd)))
+    .map(|(pipe, fd)| {
+        tokio::spawn(pump(
+            pipe,
+            fd,
+            sink.clone(),
+            counters.clone(),
+            spec.max_output,
+            stopped.clone(),
+        ))
+    })
+    .collect::<Vec<_>>();
+
+    let work = async {
+        let status = child.wait().await;
+        for r in readers {
+            let _ = r.await;
+        }
+        status
+    };
+    tokio::pin!(work);
+
+    let mut timed_out = false;
+    let mut cancelled = false;
+    let mut killed_with = None;
+    let status = tokio::select! {
+        status = &mut work => status,
+        _ = tokio::time::sleep(spec.timeout) => { timed_out = true; Err(std::io::ErrorKind::TimedOut.into()) }
+        _ = cancel.cancelled() => { cancelled = true; Err(std::io::ErrorKind::Interrupted.into()) }
+    };
+    let status = if timed_out || cancelled {
+        // Stop the whole group: a shell's background children die with it.
+        let group = Pid::from_raw(pid as i32);
+        let _ = killpg(group, Signal::SIGTERM);
+        killed_with = Some("SIGTERM");
+        match tokio::time::timeout(limits.kill_grace, &mut work).await {
+            Ok(status) => status,
+            Err(_) => {
+                let _ = killpg(group, Signal::SIGKILL);
+                killed_with = Some("SIGKILL");
+                stopped.cancel();
+                match tokio::time::timeout(limits.kill_grace, &mut work).await {
+                    Ok(status) => status,
+                    // A process that left the group still holds a pipe: give up on it.
+                    Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+                }
+            }
+        }
+    } else {
+        status
+    };
+    stopped.cancel();
+
+    let (exit_code, signal) = match status {
+        Ok(s) => (s.code(), s.signal()),
+        Err(_) => (None, Some(Signal::SIGKILL as i32)),
+    };
+    Ok(Outcome {
+        pid,
+        exit_code,
+        signal,
+        timed_out,
+        cancelled,
+        killed_with,
+        duration: start.elapsed(),
+        stdout_bytes: counters.stdout.load(Ordering::Relaxed),
+        stderr_bytes: counters.stderr.load(Ordering::Relaxed),
+        truncated: counters.truncated.load(Ordering::Relaxed),
+    })
+}
+
+fn boxed<R: AsyncRead + Unpin + Send + 'static>(r: R) -> Box<dyn AsyncRead + Unpin + Send> {
+    Box::new(r)
+}
+
+/// Copy one pipe into the sink, reading only as much as the sink grants.
+async fn pump<S: OutputSink>(
+    mut pipe: Box<dyn AsyncRead + Unpin + Send>,
+    fd: Fd,
+    sink: Arc<S>,
+    counters: Arc<Counters>,
+    max_output: u64,
+    stopped: CancellationToken,
+) {
+    let total = match fd {
+        Fd::Stdout => &counters.stdout,
+        Fd::Stderr => &counters.stderr,
+    };
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        let left = max_output.saturating_sub(counters.forwarded.load(Ordering::Relaxed));
+        if left == 0 || stopped.is_cancelled() {
+            // Past the cap (or after a kill): keep the child unblocked, discard the rest.
+            match pipe.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    total.fetch_add(n as u64, Ordering::Relaxed);
+                    counters.truncated.store(true, Ordering::Relaxed);
+                    continue;
+                }
+            }
+        }
+        let want = READ_CHUNK.min(left as usize);
+        let reserved = tokio::select! {
+            n = sink.reserve(want) => n,
+            _ = stopped.cancelled() => continue,
+        };
+        let n: usize = pipe
+            .read(&mut buf[..reserved.min(want)])
+            .await
+            .unwrap_or_default();
+        total.fetch_add(n as u64, Ordering::Relaxed);
+        counters.forwarded.fetch_add(n as u64, Ordering::Relaxed);
+        sink.output(fd, &buf[..n], reserved);
+        if n == 0 {
+            break;
+        }
+    }
+    sink.eof(fd);
+}
+
+/// The child's environment: the agent's own, minus secret variables and any variable whose
+/// value is one of the secrets.
+fn child_env(
+    base: impl Iterator<Item = (String, String)>,
+    scrub: &[String],
+    secrets: &[Secret],
+) -> Vec<(String, String)> {
+    base.filter(|(k, v)| {
+        !scrub.iter().any(|s| s == k)
+            && !secrets
+                .iter()
+                .any(|s| !s.expose().is_empty() && v.contains(s.expose()))
+    })
+    .collect()
+}
+
+/// A sink that collects output in memory, for callers that answer in one piece (local API).
+#[derive(Default)]
+pub struct Collect {
+    inner: std::sync::Mutex<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Collect {
+    /// Stdout and stderr collected so far.
+    pub fn take(&self) -> (Vec<u8>, Vec<u8>) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::take(&mut *g)
+    }
+}
+
+impl OutputSink for Collect {
+    fn started(&self, _pid: u32) {}
+    async fn reserve(&self, want: usize) -> usize {
+        want
+    }
+    fn output(&self, fd: Fd, data: &[u8], _reserved: usize) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        match fd {
+            Fd::Stdout => g.0.extend_from_slice(data),
+            Fd::Stderr => g.1.extend_from_slice(data),
+        }
+    }
+    fn eof(&self, _fd: Fd) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(cmd: &str, timeout_ms: u64) -> ExecSpec {
+        ExecSpec::new(cmd.into(), Some(timeout_ms), None, &ExecLimits::default()).unwrap()
+    }
+
+    async fn run_collect(spec: ExecSpec, limits: &ExecLimits) -> (Outcome, Vec<u8>, Vec<u8>) {
+        let sink = Arc::new(Collect::default());
+        let out = run(
+            spec,
+            limits,
+            &[Secret::new("hunter2-secret")],
+            sink.clone(),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        let (o, e) = sink.take();
+        (out, o, e)
+    }
+
+    #[tokio::test]
+    async fn captures_both_pipes_and_exit_code() {
+        let (out, o, e) = run_collect(
+            spec("echo out; echo err >&2; exit 3", 10_000),
+            &ExecLimits::default(),
+        )
+        .await;
+        assert_eq!(out.exit_code, Some(3));
+        assert_eq!(o, b"out\n");
+        assert_eq!(e, b"err\n");
+        assert!(!out.timed_out && !out.cancelled && !out.truncated);
+        assert_eq!((out.stdout_bytes, out.stderr_bytes), (4, 4));
+    }
+
+    #[tokio::test]
+    async fn timeout_kills_the_whole_group() {
+        // The background sleep holds stdout open; only killing the group ends the command.
+        let limits = ExecLimits {
+            kill_grace: Duration::from_millis(500),
+            ..ExecLimits::default()
+        };
+        let (out, o, _) = run_collect(spec("sleep 30 & echo $!; wait", 300), &limits).await;
+        assert!(out.timed_out);
+        assert_eq!(out.killed_with, Some("SIGTERM"));
+        let bg: i32 = String::from_utf8_lossy(&o).trim().parse().unwrap();
+        // The background child is gone (or a zombie about to be reaped by init).
+        let alive = std::fs::read_to_string(format!("/proc/{bg}/stat"))
+            .map(|s| !s.contains(") Z"))
+            .unwrap_or(false);
+        assert!(!alive, "background child {bg} survived the timeout");
+    }
+
+    #[tokio::test]
+    async fn sigterm_ignored_escalates_to_sigkill() {
+        let limits = ExecLimits {
+            kill_grace: Duration::from_millis(300),
+            ..ExecLimits::default()
+        };
+        let (out, _, _) = run_collect(
+            spec(
+                "trap '' TERM; echo ready; while :; do sleep 0.05; done",
+                200,
+            ),
+            &limits,
+        )
+        .await;
+        assert!(out.timed_out);
+        assert_eq!(out.killed_with, Some("SIGKILL"));
+        assert_eq!(out.signal, Some(9));
+    }
+
+    #[tokio::test]
+    async fn output_cap_truncates_but_drains() {
+        let mut s = spec("head -c 1000000 /dev/zero", 10_000);
+        s.max_output = 1000;
+        let (out, o, _) = run_collect(s, &ExecLimits::default()).await;
+        assert_eq!(out.exit_code, Some(0));
+        assert!(out.truncated);
+        assert_eq!(o.len(), 1000);
+        assert_eq!(out.stdout_bytes, 1_000_000);
+    }
+
+    #[test]
+    fn secrets_are_scrubbed_from_the_child_env() {
+        let base = [
+            ("PATH", "/bin"),
+            ("DTMA_BEARER_TOKEN", "tok"),
+            ("CREDENTIALS_DIRECTORY", "/run/creds"),
+            ("COPY", "prefix-hunter2-secret"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let env = child_env(
+            base.into_iter(),
+            &ExecLimits::default().scrub_env,
+            &[Secret::new("hunter2-secret")],
+        );
+        assert_eq!(env, vec![("PATH".to_string(), "/bin".to_string())]);
+    }
+
+    #[test]
+    fn bad_specs_are_typed() {
+        let l = ExecLimits::default();
+        assert!(matches!(
+            ExecSpec::new("  ".into(), None, None, &l),
+            Err(Error::EmptyCommand)
+        ));
+        assert!(matches!(
+            ExecSpec::new("x".into(), Some(0), None, &l),
+            Err(Error::BadTimeout { .. })
+        ));
+        let bad = BTreeMap::from([("A=B".to_string(), "x".to_string())]);
+        assert!(matches!(
+            ExecSpec::new("x".into(), None, None, &l)
+                .unwrap()
+                .with_env(bad),
+            Err(Error::BadEnvName(_))
+        ));
+    }
+}

@@ -1,0 +1,78 @@
+//! The `dtma` binary: parse configuration, start logging, run until SIGTERM/SIGINT.
+
+use std::process::ExitCode;
+
+use dtma::config::{Config, Mode, Sources, USAGE};
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    let (mode, config) = match Config::load(&Sources::from_process()) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("dtma: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    let config = match (mode, config) {
+        (Mode::Help, _) => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        (Mode::Version, _) => {
+            println!("dtma {}", dtma::VERSION);
+            return ExitCode::SUCCESS;
+        }
+        (Mode::Run, Some(c)) => c,
+        (Mode::Run, None) => return ExitCode::from(64),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    tracing::info!(version = dtma::VERSION, config = ?config, "Starting.");
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("dtma: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        let s = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            s.cancel();
+        });
+        match dtma::run(config, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("dtma: {e:#}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

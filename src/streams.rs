@@ -1,0 +1,632 @@
+//! Request streams: sequencing, the unacknowledged-output buffer, credit, and resend after a
+//! reconnect.
+//!
+//! Every request the agent accepts becomes a stream of events numbered from 0. Events stay in
+//! the stream's buffer until the backend acknowledges them, so a new connection can resend
+//! exactly what the backend is missing. Reading a child's pipes is gated by two limits: the
+//! backend's credit and the buffer's free space; when either is exhausted the child blocks on
+//! its pipe, so memory stays bounded whatever the backend's speed.
+//!
+//! **Invariant:** within a stream, events are buffered in `seq` order with no gaps, and a
+//! connection sends them in that order, starting from the first one the backend lacks.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use dtma_protocol::{
+    AgentMessage, Encoding, ErrorCode, ErrorEvent, Fd, Output, ResumePoint, StateEvent,
+    StreamPhase, StreamResume,
+};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::StreamLimits;
+
+/// Smallest free buffer space worth a read, so a nearly full buffer does not produce a storm
+/// of tiny frames.
+const MIN_READ_SPACE: usize = 16 << 10;
+
+/// A serialised event waiting for its ack.
+struct Frame {
+    seq: u64,
+    text: Bytes,
+}
+
+struct Stream {
+    next_seq: u64,
+    /// Unacknowledged events, oldest first.
+    frames: VecDeque<Frame>,
+    /// Next seq to send on the current connection.
+    cursor: u64,
+    buffered: usize,
+    /// Output bytes the backend allows in total (absolute, only grows).
+    limit: u64,
+    /// Output bytes reserved or forwarded so far.
+    used: u64,
+    finished: bool,
+    queued: bool,
+    cancel: CancellationToken,
+    /// Wakes a reader waiting for credit or buffer space.
+    space: Arc<Notify>,
+    /// Bytes of an incomplete UTF-8 character at the end of the last chunk, per fd.
+    carry: [Vec<u8>; 2],
+}
+
+impl Stream {
+    fn first_seq(&self) -> u64 {
+        self.frames.front().map_or(self.next_seq, |f| f.seq)
+    }
+    fn phase(&self) -> StreamPhase {
+        if self.finished {
+            StreamPhase::Finished
+        } else {
+            StreamPhase::Running
+        }
+    }
+    fn has_unsent(&self) -> bool {
+        self.cursor < self.next_seq
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    streams: HashMap<String, Stream>,
+    /// Streams with unsent frames, in the order the writer serves them.
+    ready: VecDeque<String>,
+    closed: HashSet<String>,
+    closed_order: VecDeque<String>,
+    initial_credit: u64,
+    /// False between connections: nothing is queued for a writer then.
+    connected: bool,
+}
+
+/// All streams of the agent. Shared by request handlers, exec sinks and the session writer.
+pub struct Registry {
+    inner: Mutex<Inner>,
+    writer: Notify,
+    limits: StreamLimits,
+}
+
+/// Why a stream could not be opened.
+#[derive(Debug)]
+pub enum OpenError {
+    /// The id was seen before: here is where its stream stands. The request is not run again.
+    Duplicate(StateEvent),
+    TooMany,
+}
+
+impl Registry {
+    pub fn new(limits: StreamLimits) -> Arc<Registry> {
+        Arc::new(Registry {
+            inner: Mutex::new(Inner {
+                initial_credit: limits.initial_credit,
+                ..Inner::default()
+            }),
+            writer: Notify::new(),
+            limits,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves consistent data (no multi-step invariants are
+        // left half done across an await or a fallible call), so poisoning is ignored.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Open a stream for request `id`. `credit` overrides the session's initial credit.
+    pub fn open(
+        self: &Arc<Self>,
+        id: &str,
+        credit: Option<u64>,
+        cancel: CancellationToken,
+    ) -> Result<StreamHandle, OpenError> {
+        let mut g = self.lock();
+        if let Some(s) = g.streams.get(id) {
+            return Err(OpenError::Duplicate(StateEvent {
+                id: id.to_owned(),
+                phase: s.phase(),
+                next_seq: s.next_seq,
+            }));
+        }
+        if g.closed.contains(id) {
+            return Err(OpenError::Duplicate(StateEvent {
+                id: id.to_owned(),
+                phase: StreamPhase::Closed,
+                next_seq: 0,
+            }));
+        }
+        if g.streams.len() >= self.limits.max_streams {
+            return Err(OpenError::TooMany);
+        }
+        let space = Arc::new(Notify::new());
+        let credit = credit.unwrap_or(g.initial_credit);
+        g.streams.insert(
+            id.to_owned(),
+            Stream {
+                next_seq: 0,
+                frames: VecDeque::new(),
+                cursor: 0,
+                buffered: 0,
+                limit: credit,
+                used: 0,
+                finished: false,
+                queued: false,
+                cancel,
+                space: space.clone(),
+                carry: [Vec::new(), Vec::new()],
+            },
+        );
+        Ok(StreamHandle {
+            registry: self.clone(),
+            id: id.to_owned(),
+            space,
+        })
+    }
+
+    /// Append one event to stream `id`; `make` gets the event's seq.
+    fn push(&self, g: &mut Inner, id: &str, make: impl FnOnce(u64) -> AgentMessage) {
+        let connected = g.connected;
+        let Some(s) = g.streams.get_mut(id) else {
+            return;
+        };
+        let seq = s.next_seq;
+        let text = match serde_json::to_vec(&make(seq)) {
+            Ok(v) => Bytes::from(v),
+            Err(e) => {
+                // Serialising our own types cannot fail; if it ever does, say so in-band.
+                tracing::error!(request_id = id, error = %e, "Event serialisation failed.");
+                return;
+            }
+        };
+        s.next_seq += 1;
+        s.buffered += text.len();
+        s.frames.push_back(Frame { seq, text });
+        if connected && !s.queued {
+            s.queued = true;
+            g.ready.push_back(id.to_owned());
+            self.writer.notify_one();
+        }
+    }
+
+    /// Next frames to send, fairly across streams (a few frames per stream per turn).
+    /// Waits until there is something to send.
+    pub async fn next_batch(&self, max_frames: usize) -> Vec<Bytes> {
+        loop {
+            let notified = self.writer.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut g = self.lock();
+                let batch = take_batch(&mut g, max_frames);
+                if !batch.is_empty() {
+                    return batch;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// The backend holds every event of `id` up to `seq`.
+    pub fn ack(&self, id: &str, seq: u64) {
+        let mut g = self.lock();
+        let inner = &mut *g;
+        let Some(s) = inner.streams.get_mut(id) else {
+            return;
+        };
+        while s.frames.front().is_some_and(|f| f.seq <= seq) {
+            if let Some(f) = s.frames.pop_front() {
+                s.buffered -= f.text.len();
+            }
+        }
+        s.cursor = s.cursor.max(s.first_seq());
+        s.space.notify_one();
+        if s.finished && s.frames.is_empty() {
+            inner.streams.remove(id);
+            remember_closed(inner, id, self.limits.remembered_ids);
+        }
+    }
+
+    /// Raise stream `id`'s credit limit (a lower limit than the current one changes nothing).
+    pub fn credit(&self, id: &str, limit: u64) {
+        let mut g = self.lock();
+        if let Some(s) = g.streams.get_mut(id)
+            && limit > s.limit
+        {
+            s.limit = limit;
+            s.space.notify_one();
+        }
+    }
+
+    /// Ask stream `target` to stop. Returns its phase when it is known.
+    pub fn cancel(&self, target: &str) -> (bool, Option<StreamPhase>) {
+        let g = self.lock();
+        match g.streams.get(target) {
+            Some(s) if !s.finished => {
+                s.cancel.cancel();
+                (true, Some(StreamPhase::Running))
+            }
+            Some(s) => (false, Some(s.phase())),
+            None if g.closed.contains(target) => (false, Some(StreamPhase::Closed)),
+            None => (false, None),
+        }
+    }
+
+    /// Cancel every running stream (the link has been down too long, or shutdown).
+    pub fn cancel_all(&self) {
+        for s in self.lock().streams.values() {
+            s.cancel.cancel();
+        }
+    }
+
+    /// Streams to list in `hello`.
+    pub fn hello_streams(&self) -> Vec<StreamResume> {
+        let g = self.lock();
+        let mut list: Vec<_> = g
+            .streams
+            .iter()
+            .map(|(id, s)| StreamResume {
+                id: id.clone(),
+                phase: s.phase(),
+                first_seq: s.first_seq(),
+                next_seq: s.next_seq,
+            })
+            .collect();
+        list.sort_by(|a, b| a.id.cmp(&b.id));
+        list
+    }
+
+    /// A connection's handshake finished: apply the backend's resume points, rewind every
+    /// stream to the first event the backend lacks and queue it for sending.
+    pub fn connected(&self, resume: &[ResumePoint], initial_credit: Option<u64>) {
+        for point in resume {
+            if let Some(seq) = point.ack {
+                self.ack(&point.id, seq);
+            }
+            if let Some(limit) = point.credit_limit {
+                self.credit(&point.id, limit);
+            }
+        }
+        let mut g = self.lock();
+        let inner = &mut *g;
+        inner.connected = true;
+        if let Some(c) = initial_credit {
+            inner.initial_credit = c;
+        }
+        inner.ready.clear();
+        for (id, s) in inner.streams.iter_mut() {
+            s.cursor = s.first_seq();
+            s.queued = s.has_unsent();
+            if s.queued {
+                inner.ready.push_back(id.clone());
+            }
+        }
+        self.writer.notify_one();
+    }
+
+    /// The connection is gone: stop queueing for a writer until the next handshake.
+    pub fn disconnected(&self) {
+        let mut g = self.lock();
+        g.connected = false;
+        g.ready.clear();
+        for s in g.streams.values_mut() {
+            s.queued = false;
+        }
+    }
+
+    /// (running, held) stream counts for the heartbeat.
+    pub fn counts(&self) -> (u64, u64) {
+        let g = self.lock();
+        let running = g.streams.values().filter(|s| !s.finished).count();
+        (running as u64, g.streams.len() as u64)
+    }
+
+    /// Bytes buffered across all streams (for benchmarks and tests).
+    pub fn buffered_bytes(&self) -> usize {
+        self.lock().streams.values().map(|s| s.buffered).sum()
+    }
+}
+
+fn take_batch(g: &mut Inner, max_frames: usize) -> Vec<Bytes> {
+    const PER_TURN: usize = 4;
+    let mut batch = Vec::new();
+    while batch.len() < max_frames {
+        let Some(id) = g.ready.pop_front() else {
+            break;
+        };
+        let Some(s) = g.streams.get_mut(&id) else {
+            continue;
+        };
+        let mut taken = 0;
+        while taken < PER_TURN && batch.len() < max_frames && s.has_unsent() {
+            let first = s.first_seq();
+            let index = (s.cursor - first) as usize;
+            match s.frames.get(index) {
+                Some(f) => batch.push(f.text.clone()),
+                None => break,
+            }
+            s.cursor += 1;
+            taken += 1;
+        }
+        if s.has_unsent() {
+            g.ready.push_back(id);
+        } else {
+            s.queued = false;
+        }
+    }
+    batch
+}
+
+fn remember_closed(g: &mut Inner, id: &str, cap: usize) {
+    if g.closed.insert(id.to_owned()) {
+        g.closed_order.push_back(id.to_owned());
+    }
+    while g.closed_order.len() > cap {
+        if let Some(old) = g.closed_order.pop_front() {
+            g.closed.remove(&old);
+        }
+    }
+}
+
+/// One stream, as seen by the code producing its events.
+pub struct StreamHandle {
+    registry: Arc<Registry>,
+    id: String,
+    space: Arc<Notify>,
+}
+
+impl StreamHandle {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Append an event; `make` gets its seq.
+    pub fn push(&self, make: impl FnOnce(u64) -> AgentMessage) {
+        let mut g = self.registry.lock();
+        self.registry.push(&mut g, &self.id, make);
+    }
+
+    /// Append the terminal event. Nothing may follow it.
+    pub fn finish(&self, make: impl FnOnce(u64) -> AgentMessage) {
+        let mut g = self.registry.lock();
+        self.registry.push(&mut g, &self.id, make);
+        if let Some(s) = g.streams.get_mut(&self.id) {
+            s.finished = true;
+        }
+    }
+
+    /// End the stream with a typed error.
+    pub fn fail(&self, code: ErrorCode, message: String) {
+        let id = self.id.clone();
+        self.finish(|seq| {
+            AgentMessage::Error(ErrorEvent {
+                id: Some(id),
+                seq: Some(seq),
+                code,
+                message,
+            })
+        });
+    }
+
+    /// Wait for credit and buffer space; reserve up to `want` bytes.
+    pub async fn reserve(&self, want: usize) -> usize {
+        let cap = self.registry.limits.buffer_bytes;
+        loop {
+            let notified = self.space.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut g = self.registry.lock();
+                let Some(s) = g.streams.get_mut(&self.id) else {
+                    // The stream is gone (cannot happen while its producer lives): don't block.
+                    return want;
+                };
+                let space = cap.saturating_sub(s.buffered);
+                let enough_space = space >= MIN_READ_SPACE.min(cap) || s.buffered == 0;
+                let credit = s.limit.saturating_sub(s.used);
+                if credit > 0 && enough_space {
+                    let take = (want as u64).min(credit).min(space.max(1) as u64);
+                    s.used += take;
+                    return take as usize;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Forward bytes from `fd`; return the unused part of a reservation.
+    pub fn output(&self, fd: Fd, data: &[u8], reserved: usize) {
+        let mut g = self.registry.lock();
+        let inner = &mut *g;
+        let Some(s) = inner.streams.get_mut(&self.id) else {
+            return;
+        };
+        s.used = s
+            .used
+            .saturating_sub(reserved.saturating_sub(data.len()) as u64);
+        if data.is_empty() {
+            return;
+        }
+        let chunks = split_utf8(&mut s.carry[fd_index(fd)], data);
+        for (encoding, text) in chunks {
+            let id = self.id.clone();
+            self.registry.push(inner, &self.id, |seq| {
+                AgentMessage::Output(Output {
+                    id,
+                    seq,
+                    fd,
+                    encoding,
+                    data: text,
+                })
+            });
+        }
+    }
+
+    /// `fd` reached end of file: flush an incomplete trailing character as base64.
+    pub fn eof(&self, fd: Fd) {
+        let mut g = self.registry.lock();
+        let inner = &mut *g;
+        let Some(s) = inner.streams.get_mut(&self.id) else {
+            return;
+        };
+        let rest = std::mem::take(&mut s.carry[fd_index(fd)]);
+        if rest.is_empty() {
+            return;
+        }
+        let id = self.id.clone();
+        self.registry.push(inner, &self.id, |seq| {
+            AgentMessage::Output(Output {
+                id,
+                seq,
+                fd,
+                encoding: Encoding::Base64,
+                data: base64::engine::general_purpose::STANDARD.encode(&rest),
+            })
+        });
+    }
+}
+
+fn fd_index(fd: Fd) -> usize {
+    match fd {
+        Fd::Stdout => 0,
+        Fd::Stderr => 1,
+    }
+}
+
+/// Split `carry + data` into chunks that never cut a UTF-8 character: valid text as `utf8`,
+/// anything that is not UTF-8 as `base64`. An incomplete character at the end is carried over.
+pub fn split_utf8(carry: &mut Vec<u8>, data: &[u8]) -> Vec<(Encoding, String)> {
+    let joined;
+    let buf: &[u8] = if carry.is_empty() {
+        data
+    } else {
+        let mut v = std::mem::take(carry);
+        v.extend_from_slice(data);
+        joined = v;
+        &joined
+    };
+    match std::str::from_utf8(buf) {
+        Ok(text) => vec![(Encoding::Utf8, text.to_owned())],
+        Err(e) if e.error_len().is_none() => {
+            // Only the tail is incomplete: send the valid prefix, keep the tail (<= 3 bytes).
+            let (valid, tail) = buf.split_at(e.valid_up_to());
+            *carry = tail.to_vec();
+            match std::str::from_utf8(valid) {
+                Ok(text) if !text.is_empty() => vec![(Encoding::Utf8, text.to_owned())],
+                _ => Vec::new(),
+            }
+        }
+        Err(_) => vec![(
+            Encoding::Base64,
+            base64::engine::general_purpose::STANDARD.encode(buf),
+        )],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(chunks: &[(Encoding, String)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (enc, data) in chunks {
+            match enc {
+                Encoding::Utf8 => out.extend_from_slice(data.as_bytes()),
+                Encoding::Base64 => out.extend(
+                    base64::engine::general_purpose::STANDARD
+                        .decode(data)
+                        .unwrap(),
+                ),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn utf8_split_never_cuts_a_character() {
+        let text = "héllo wörld ✓ 𝄞".as_bytes();
+        for cut in 0..text.len() {
+            let mut carry = Vec::new();
+            let mut chunks = split_utf8(&mut carry, &text[..cut]);
+            chunks.extend(split_utf8(&mut carry, &text[cut..]));
+            assert!(carry.is_empty());
+            assert!(
+                chunks.iter().all(|(e, _)| *e == Encoding::Utf8),
+                "cut {cut}"
+            );
+            assert_eq!(decode_all(&chunks), text);
+        }
+    }
+
+    #[test]
+    fn invalid_bytes_travel_as_base64_unchanged() {
+        let bytes = [0xffu8, 0xfe, b'a', 0x80, 0xc3];
+        let mut carry = Vec::new();
+        let chunks = split_utf8(&mut carry, &bytes);
+        assert_eq!(chunks[0].0, Encoding::Base64);
+        assert_eq!(decode_all(&chunks), bytes);
+    }
+
+    #[tokio::test]
+    async fn resend_after_reconnect_starts_at_the_backends_ack() {
+        let reg = Registry::new(StreamLimits::default());
+        reg.connected(&[], None);
+        let h = reg.open("r", None, CancellationToken::new()).unwrap();
+        for i in 0..5 {
+            h.output(Fd::Stdout, format!("{i}\n").as_bytes(), 2);
+        }
+        assert_eq!(reg.next_batch(100).await.len(), 5);
+        reg.disconnected();
+        let listed = reg.hello_streams();
+        assert_eq!((listed[0].first_seq, listed[0].next_seq), (0, 5));
+        reg.connected(
+            &[ResumePoint {
+                id: "r".into(),
+                ack: Some(2),
+                credit_limit: None,
+            }],
+            None,
+        );
+        let again = reg.next_batch(100).await;
+        assert_eq!(again.len(), 2);
+        assert!(String::from_utf8_lossy(&again[0]).contains(r#""seq":3"#));
+    }
+
+    #[tokio::test]
+    async fn duplicate_ids_are_refused_with_state() {
+        let reg = Registry::new(StreamLimits::default());
+        let h = reg.open("r", None, CancellationToken::new()).unwrap();
+        assert!(matches!(
+            reg.open("r", None, CancellationToken::new()),
+            Err(OpenError::Duplicate(StateEvent {
+                phase: StreamPhase::Running,
+                ..
+            }))
+        ));
+        h.fail(ErrorCode::Internal, "x".into());
+        reg.ack("r", 0);
+        assert!(matches!(
+            reg.open("r", None, CancellationToken::new()),
+            Err(OpenError::Duplicate(StateEvent {
+                phase: StreamPhase::Closed,
+                ..
+            }))
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reserve_respects_credit() {
+        let reg = Registry::new(StreamLimits::default());
+        let h = reg.open("r", Some(10), CancellationToken::new()).unwrap();
+        assert_eq!(h.reserve(100).await, 10);
+        // Paused time: the timeout fires only once nothing else can make progress.
+        let pending = tokio::time::timeout(std::time::Duration::from_secs(60), h.reserve(5));
+        assert!(pending.await.is_err(), "no credit left: reserve must wait");
+        reg.credit("r", 13);
+        assert_eq!(h.reserve(5).await, 3);
+        reg.credit("r", 2); // lower than the limit: ignored
+        let pending = tokio::time::timeout(std::time::Duration::from_secs(60), h.reserve(5));
+        assert!(pending.await.is_err());
+    }
+}
