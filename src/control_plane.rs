@@ -148,7 +148,18 @@ impl ControlPlane {
         listener: TcpListener,
         stop: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
+        self.serve_tls(listener, None, stop)
+    }
+
+    /// Like [`ControlPlane::serve`], with TLS when `tls` is given (agents then dial `wss://`).
+    pub fn serve_tls(
+        &self,
+        listener: TcpListener,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        stop: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
         let cp = self.clone();
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         tokio::spawn(async move {
             loop {
                 let (tcp, peer) = tokio::select! {
@@ -161,19 +172,33 @@ impl ControlPlane {
                 let _ = tcp.set_nodelay(true);
                 let cp = cp.clone();
                 let stop = stop.clone();
+                let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
-                        let cp = cp.clone();
-                        let stop = stop.clone();
-                        async move { Ok::<_, Infallible>(cp.route(req, peer, stop).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tcp), service)
-                        .with_upgrades()
-                        .await;
+                    match acceptor {
+                        None => cp.serve_conn(tcp, peer, stop).await,
+                        Some(a) => match a.accept(tcp).await {
+                            Ok(tls) => cp.serve_conn(tls, peer, stop).await,
+                            Err(e) => warn!(%peer, error = %e, "TLS handshake failed."),
+                        },
+                    }
                 });
             }
         })
+    }
+
+    async fn serve_conn<IO>(self, io: IO, peer: SocketAddr, stop: CancellationToken)
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let service = hyper::service::service_fn(move |req| {
+            let cp = self.clone();
+            let stop = stop.clone();
+            async move { Ok::<_, Infallible>(cp.route(req, peer, stop).await) }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades()
+            .await;
     }
 
     /// Bind `addr` and serve. Returns the bound address.

@@ -57,6 +57,20 @@ pub fn parse_rfc3339(s: &str) -> Result<time::OffsetDateTime, time::error::Parse
     time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
 }
 
+/// Raise the soft open-file limit to the hard limit: every running command holds two pipes, so
+/// the usual soft limit of 1024 would cap the agent near 500 concurrent commands.
+pub fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => info!(from = soft, to = hard, "Raised the open-file limit."),
+            Err(e) => tracing::warn!(error = %e, "Could not raise the open-file limit."),
+        }
+    }
+}
+
 /// A running agent.
 pub struct Running {
     pub agent: Arc<agent::Agent>,

@@ -30,7 +30,9 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    dtma::raise_fd_limit();
     tracing::info!(version = dtma::VERSION, config = ?config, "Starting.");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
