@@ -47,6 +47,8 @@ pub struct Config {
     pub streams: StreamLimits,
     /// Every secret value, so that child environments and logs can be scrubbed of them.
     pub secrets: Vec<Secret>,
+    /// On SIGTERM, running commands may finish for this long before their groups are stopped.
+    pub shutdown_grace: Duration,
 }
 
 /// The outbound WebSocket channel.
@@ -150,6 +152,7 @@ pub const SECRET_VARS: [&str; 5] = [
 /// Default path of the connect endpoint below `AGENTOPIA_API_BASE_URL`.
 pub const DEFAULT_WS_PATH: &str = "dtma/connect";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:30000";
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Where configuration values come from. Tests build one from maps.
 #[derive(Debug, Clone, Default)]
@@ -211,6 +214,7 @@ struct FileConfig {
     stream_initial_credit: Option<u64>,
     stream_buffer_bytes: Option<usize>,
     max_streams: Option<usize>,
+    shutdown_grace_ms: Option<u64>,
 }
 
 pub const USAGE: &str = "\
@@ -339,6 +343,11 @@ impl Config {
             "DTMA_ORPHAN_GRACE_MS",
             file.orphan_grace_ms,
             defaults.orphan_grace,
+        );
+        let shutdown_grace = ms(
+            "DTMA_SHUTDOWN_GRACE_MS",
+            file.shutdown_grace_ms,
+            DEFAULT_SHUTDOWN_GRACE,
         );
         let exec_defaults = ExecLimits::default();
         let default_timeout = ms(
@@ -489,6 +498,7 @@ impl Config {
                     ..stream_defaults
                 },
                 secrets,
+                shutdown_grace,
             }),
         ))
     }
@@ -505,6 +515,7 @@ impl Config {
             listen: DEFAULT_LISTEN.parse().expect("the default address parses"),
             exec: ExecLimits::default(),
             streams: StreamLimits::default(),
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
     }
 }

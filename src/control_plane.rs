@@ -305,6 +305,15 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// Send any WebSocket frame to agent `id` (e.g. a binary frame, for tests).
+    pub fn send_frame(&self, agent: &str, frame: Message) -> Result<(), Error> {
+        let s = self
+            .session(agent)
+            .ok_or_else(|| Error::NotConnected(agent.to_owned()))?;
+        let _ = s.tx.send(frame);
+        Ok(())
+    }
+
     /// Send any message to agent `id`.
     pub fn send(&self, agent: &str, m: &BackendMessage) -> Result<(), Error> {
         let s = self

@@ -164,25 +164,17 @@ pub async fn run<S: OutputSink>(
     }
 
     let counters = Arc::new(Counters::default());
-    // Set once the group has been killed: readers stop waiting for credit and discard.
+    // Set once the group has been killed: the reader stops waiting for credit and discards.
     let stopped = CancellationToken::new();
-    let readers = [
-        (child.stdout.take().map(boxed), Fd::Stdout),
-        (child.stderr.take().map(boxed), Fd::Stderr),
-    ]
-    .into_iter()
-    .filter_map(|(pipe, fd)| pipe.map(|p| (p, fd)))
-    .map(|(pipe, fd)| {
-        tokio::spawn(pump(
-            pipe,
-            fd,
-            sink.clone(),
-            counters.clone(),
-            spec.max_output,
-            stopped.clone(),
-        ))
-    })
-    .collect::<Vec<_>>();
+    let reader = tokio::spawn(pump(
+        child.stdout.take().map(boxed),
+        child.stderr.take().map(boxed),
+        sink.clone(),
+        counters.clone(),
+        spec.max_output,
+        stopped.clone(),
+    ));
+    let readers = [reader];
 
     let work = async {
         let status = child.wait().await;
@@ -246,50 +238,66 @@ fn boxed<R: AsyncRead + Unpin + Send + 'static>(r: R) -> Box<dyn AsyncRead + Unp
     Box::new(r)
 }
 
-/// Copy one pipe into the sink, reading only as much as the sink grants.
+type Pipe = Box<dyn AsyncRead + Unpin + Send>;
+
+/// Copy both pipes into the sink, reading only as much as the sink grants.
+///
+/// One loop serves both pipes: it reserves credit first, then reads from whichever pipe has
+/// data. (A reader per pipe would let an idle stderr hold credit that stdout needs.) Dropping
+/// the losing `read` future of the `select!` is safe: tokio's `read` is cancellation safe.
 async fn pump<S: OutputSink>(
-    mut pipe: Box<dyn AsyncRead + Unpin + Send>,
-    fd: Fd,
+    mut stdout: Option<Pipe>,
+    mut stderr: Option<Pipe>,
     sink: Arc<S>,
     counters: Arc<Counters>,
     max_output: u64,
     stopped: CancellationToken,
 ) {
-    let total = match fd {
-        Fd::Stdout => &counters.stdout,
-        Fd::Stderr => &counters.stderr,
-    };
-    let mut buf = vec![0u8; READ_CHUNK];
-    loop {
+    let mut out_buf = vec![0u8; READ_CHUNK];
+    let mut err_buf = vec![0u8; READ_CHUNK];
+    while stdout.is_some() || stderr.is_some() {
         let left = max_output.saturating_sub(counters.forwarded.load(Ordering::Relaxed));
-        if left == 0 || stopped.is_cancelled() {
-            // Past the cap (or after a kill): keep the child unblocked, discard the rest.
-            match pipe.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    total.fetch_add(n as u64, Ordering::Relaxed);
-                    counters.truncated.store(true, Ordering::Relaxed);
-                    continue;
-                }
+        // Past the cap (or after a kill): keep the child unblocked and discard the rest.
+        let discard = left == 0 || stopped.is_cancelled();
+        let (want, reserved) = if discard {
+            (READ_CHUNK, 0)
+        } else {
+            let want = READ_CHUNK.min(left as usize);
+            tokio::select! {
+                n = sink.reserve(want) => (n.min(want), n),
+                _ = stopped.cancelled() => continue,
             }
-        }
-        let want = READ_CHUNK.min(left as usize);
-        let reserved = tokio::select! {
-            n = sink.reserve(want) => n,
-            _ = stopped.cancelled() => continue,
         };
-        let n: usize = pipe
-            .read(&mut buf[..reserved.min(want)])
-            .await
-            .unwrap_or_default();
+        let (fd, n) = tokio::select! {
+            n = read_some(&mut stdout, &mut out_buf[..want]) => (Fd::Stdout, n),
+            n = read_some(&mut stderr, &mut err_buf[..want]) => (Fd::Stderr, n),
+        };
+        let (total, buf, pipe) = match fd {
+            Fd::Stdout => (&counters.stdout, &out_buf, &mut stdout),
+            Fd::Stderr => (&counters.stderr, &err_buf, &mut stderr),
+        };
+        if n == 0 {
+            *pipe = None;
+            sink.output(fd, &[], reserved);
+            sink.eof(fd);
+            continue;
+        }
         total.fetch_add(n as u64, Ordering::Relaxed);
+        if discard {
+            counters.truncated.store(true, Ordering::Relaxed);
+            continue;
+        }
         counters.forwarded.fetch_add(n as u64, Ordering::Relaxed);
         sink.output(fd, &buf[..n], reserved);
-        if n == 0 {
-            break;
-        }
     }
-    sink.eof(fd);
+}
+
+/// Read from a pipe that may already be closed (then never ready). Errors count as EOF.
+async fn read_some(pipe: &mut Option<Pipe>, buf: &mut [u8]) -> usize {
+    match pipe {
+        Some(p) => p.read(buf).await.unwrap_or_default(),
+        None => std::future::pending().await,
+    }
 }
 
 /// The child's environment: the agent's own, minus secret variables and any variable whose

@@ -41,9 +41,6 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// What this agent announces in `hello`.
 pub const CAPABILITIES: [&str; 5] = ["exec", "cancel", "ping", "credit", "resume"];
 
-/// How long running commands may finish on shutdown before their groups are stopped.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
 /// Current UTC time as RFC 3339 with milliseconds (`2025-01-20T10:30:00.000Z`).
 pub fn now_rfc3339() -> String {
     let now = time::OffsetDateTime::now_utc();
@@ -124,7 +121,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let done = tokio::spawn(async move {
         shutdown.cancelled().await;
         info!("Shutdown requested.");
-        agent::drain(&a, SHUTDOWN_GRACE).await;
+        agent::drain(&a, a.config.shutdown_grace).await;
         // Give the channel a moment to deliver the final events before closing.
         if a.link_up.load(std::sync::atomic::Ordering::Relaxed) {
             let _ = tokio::time::timeout(Duration::from_secs(2), async {

@@ -529,13 +529,14 @@ const REQUEST_TYPES: [&str; 9] = [
     "diagnostics",
 ];
 
-/// Decode one backend text frame. The id is read first so that every later failure can name it.
+/// Decode one backend text frame. The id is read first so that every later failure can name it,
+/// and field errors name the field (`timeout_ms: invalid value ...`).
 pub fn decode_backend(text: &str) -> Result<BackendMessage, DecodeError> {
     let value: serde_json::Value =
         serde_json::from_str(text).map_err(|e| DecodeError::MalformedJson {
             detail: e.to_string(),
         })?;
-    let serde_json::Value::Object(map) = &value else {
+    let serde_json::Value::Object(mut map) = value else {
         return Err(DecodeError::MalformedJson {
             detail: "expected a JSON object".into(),
         });
@@ -544,31 +545,71 @@ pub fn decode_backend(text: &str) -> Result<BackendMessage, DecodeError> {
         Some(serde_json::Value::String(s)) => Some(s.clone()),
         _ => None,
     };
-    let kind = match map.get("type") {
-        Some(serde_json::Value::String(s)) => s.as_str(),
+    let kind = match map.remove("type") {
+        Some(serde_json::Value::String(s)) => s,
         _ => return Err(DecodeError::UnknownType { id, kind: None }),
     };
-    let invalid = |e: serde_json::Error| DecodeError::Invalid {
-        id: id.clone(),
-        detail: e.to_string(),
-    };
-    if CONTROL_TYPES.contains(&kind) {
-        return serde_json::from_value(value.clone())
-            .map(BackendMessage::Control)
-            .map_err(invalid);
-    }
-    if !REQUEST_TYPES.contains(&kind) {
-        return Err(DecodeError::UnknownType {
-            id,
-            kind: Some(kind.to_owned()),
-        });
-    }
-    let request: Request = serde_json::from_value(value.clone()).map_err(invalid)?;
-    validate_id(&request.id).map_err(|detail| DecodeError::Invalid {
+    let invalid = |detail: String| DecodeError::Invalid {
         id: id.clone(),
         detail,
-    })?;
-    Ok(BackendMessage::Request(request))
+    };
+    if CONTROL_TYPES.contains(&kind.as_str()) {
+        let v = serde_json::Value::Object(map);
+        let control = match kind.as_str() {
+            "welcome" => typed(v).map(Control::Welcome),
+            "ack" => typed(v).map(Control::Ack),
+            "credit" => typed(v).map(Control::Credit),
+            _ => typed(v).map(Control::Reconnect),
+        };
+        return control.map(BackendMessage::Control).map_err(invalid);
+    }
+    if !REQUEST_TYPES.contains(&kind.as_str()) {
+        return Err(DecodeError::UnknownType {
+            id,
+            kind: Some(kind),
+        });
+    }
+    let request_id = match map.remove("id") {
+        Some(serde_json::Value::String(s)) => s,
+        Some(_) => return Err(invalid("field `id` must be a string".into())),
+        None => return Err(invalid("missing field `id`".into())),
+    };
+    validate_id(&request_id).map_err(&invalid)?;
+    let expires_at = match map.remove("expires_at") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) => Some(s),
+        Some(_) => return Err(invalid("field `expires_at` must be a string".into())),
+    };
+    let v = serde_json::Value::Object(map);
+    let body = match kind.as_str() {
+        "exec" => typed(v).map(RequestBody::Exec),
+        "cancel" => typed(v).map(RequestBody::Cancel),
+        "ping" => typed(v).map(RequestBody::Ping),
+        "mcp_deploy" => typed(v).map(RequestBody::McpDeploy),
+        "mcp_remove" => typed(v).map(RequestBody::McpRemove),
+        "mcp_status" => typed(v).map(RequestBody::McpStatus),
+        "mcp_restart" => typed(v).map(RequestBody::McpRestart),
+        "logs_follow" => typed(v).map(RequestBody::LogsFollow),
+        _ => typed(v).map(RequestBody::Diagnostics),
+    }
+    .map_err(invalid)?;
+    Ok(BackendMessage::Request(Request {
+        id: request_id,
+        expires_at,
+        body,
+    }))
+}
+
+/// Deserialise one message body, naming the offending field on error.
+fn typed<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, String> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            e.inner().to_string()
+        } else {
+            format!("field `{path}`: {}", e.inner())
+        }
+    })
 }
 
 fn validate_id(id: &str) -> Result<(), String> {
