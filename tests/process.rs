@@ -1,0 +1,157 @@
+//! The `dtma` binary as a real process: configuration errors, secrets, SIGTERM drain.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use dtma::control_plane::Options;
+use dtma_protocol::AgentMessage;
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
+
+const SECRET_KEY: &str = "backend-key-9f8e7d6c";
+
+fn agent_command(id: &str, url: &str) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_dtma"));
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DTMA_BEARER_TOKEN", TOKEN)
+        .env("BACKEND_TO_DTMA_API_KEY", SECRET_KEY)
+        .env("DTMA_AGENT_ID", id)
+        .env("DTMA_WS_URL", url)
+        .env("DTMA_LISTEN", "127.0.0.1:0")
+        .env("DTMA_BACKOFF_BASE_MS", "20")
+        .env("DTMA_BACKOFF_CAP_MS", "200")
+        .env("RUST_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    c
+}
+
+#[tokio::test]
+async fn missing_token_and_bad_values_exit_64_naming_every_problem() {
+    let out = Command::new(env!("CARGO_BIN_EXE_dtma"))
+        .env_clear()
+        .env("AGENTOPIA_API_BASE_URL", "ftp://nowhere")
+        .env("PORT", "70000")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in ["DTMA_BEARER_TOKEN", "AGENTOPIA_API_BASE_URL", "PORT"] {
+        assert!(err.contains(needle), "stderr lacks {needle}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn secrets_reach_neither_children_nor_logs() {
+    let cp = Cp::start(Options::default()).await;
+    let mut child = agent_command("p1", &cp.url()).spawn().unwrap();
+    within(20, "agent connect", cp.cp.wait_for_agent("p1")).await;
+    let s = cp
+        .cp
+        .request("p1", exec("env; cat /proc/self/environ | tr '\\0' '\\n'"))
+        .unwrap();
+    let c = within(10, "env", collect(s)).await;
+    let out = String::from_utf8_lossy(&c.stdout);
+    assert!(out.contains("PATH="), "the child env should keep ordinary variables: {out}");
+    for secret in [TOKEN, SECRET_KEY, "DTMA_BEARER_TOKEN", "BACKEND_TO_DTMA_API_KEY"] {
+        assert!(!out.contains(secret), "child saw {secret}");
+    }
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    let mut log = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut log).await.unwrap();
+    assert!(log.contains("Channel connected"), "{log}");
+    assert!(!log.contains(TOKEN) && !log.contains(SECRET_KEY), "a secret reached the log");
+}
+
+#[tokio::test]
+async fn sigterm_drains_then_stops_the_process_group_and_reports_it() {
+    let cp = Cp::start(Options::default()).await;
+    let mut child = agent_command("p2", &cp.url())
+        .env("DTMA_SHUTDOWN_GRACE_MS", "300")
+        .spawn()
+        .unwrap();
+    within(20, "agent connect", cp.cp.wait_for_agent("p2")).await;
+    let mut s = cp
+        .cp
+        .request(
+            "p2",
+            exec("trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 0.05; done"),
+        )
+        .unwrap();
+    loop {
+        match within(10, "ready", s.recv()).await {
+            Some(AgentMessage::Output(_)) => break,
+            Some(_) => {}
+            None => panic!("ended early"),
+        }
+    }
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let mut out = Vec::new();
+    let exit = loop {
+        match within(20, "exit after SIGTERM", s.recv()).await {
+            Some(AgentMessage::Output(o)) => out.extend(dtma::control_plane::output_bytes(&o)),
+            Some(AgentMessage::Exit(e)) => break e,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert!(exit.cancelled, "{exit:?}");
+    assert_eq!(exit.killed_with.as_deref(), Some("SIGTERM"));
+    assert_eq!(exit.exit_code, Some(7));
+    // (dash may also print "Terminated" for its killed `sleep`.)
+    assert!(String::from_utf8_lossy(&out).ends_with("got-term\n"), "{out:?}");
+    let status = within(20, "agent exit", child.wait()).await.unwrap();
+    assert_eq!(status.code(), Some(0));
+    let mut log = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut log).await.unwrap();
+    assert!(log.contains("Grace period over"), "{log}");
+    let _ = Duration::ZERO;
+}
+
+#[tokio::test]
+async fn without_a_backend_url_the_agent_runs_local_only() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dtma"))
+        .env_clear()
+        .env("DTMA_BEARER_TOKEN", TOKEN)
+        .env("DTMA_LISTEN", "127.0.0.1:0")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Read the log until it says where the local API listens, then ask /health.
+    let mut stderr = child.stderr.take().unwrap();
+    let mut log = String::new();
+    let addr = within(20, "listen line", async {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = stderr.read(&mut buf).await.unwrap();
+            assert!(n > 0, "agent exited: {log}");
+            log.push_str(&String::from_utf8_lossy(&buf[..n]));
+            if let Some(rest) = log.split("http_addr=").nth(1)
+                && let Some(addr) = rest.split_whitespace().next()
+            {
+                return addr.to_owned();
+            }
+        }
+    })
+    .await;
+    assert!(log.contains("running local-only"), "{log}");
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    use tokio::io::AsyncWriteExt;
+    tcp.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut resp = String::new();
+    tcp.read_to_string(&mut resp).await.unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.contains(r#""channel_configured":false"#), "{resp}");
+    child.start_kill().unwrap();
+}
