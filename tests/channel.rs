@@ -465,3 +465,42 @@ fn fastrand_suffix() -> u64 {
 
 #[allow(dead_code)]
 fn _unused(_: Duration) {}
+
+#[tokio::test]
+async fn exec_takes_stdin_cwd_and_env() {
+    let cp = Cp::start(Options::default()).await;
+    let _agent = InProc::start(agent_config("a9", cp.url())).await;
+    within(10, "agent connect", cp.cp.wait_for_agent("a9")).await;
+    let s = cp
+        .cp
+        .request(
+            "a9",
+            RequestBody::Exec(Exec {
+                command: "cat; pwd; echo $GREETING".into(),
+                stdin: Some("from stdin\n".into()),
+                cwd: Some("/tmp".into()),
+                env: [("GREETING".to_string(), "hi".to_string())].into(),
+                ..Exec::default()
+            }),
+        )
+        .unwrap();
+    let c = within(10, "exec", collect(s)).await;
+    assert_eq!(c.stdout, b"from stdin\n/tmp\nhi\n");
+
+    // A working directory that does not exist: the stream ends with spawn_failed.
+    let mut s = cp
+        .cp
+        .request(
+            "a9",
+            RequestBody::Exec(Exec {
+                command: "true".into(),
+                cwd: Some("/nonexistent/dir".into()),
+                ..Exec::default()
+            }),
+        )
+        .unwrap();
+    match within(10, "spawn failure", s.recv()).await {
+        Some(AgentMessage::Error(e)) => assert_eq!(e.code, ErrorCode::SpawnFailed),
+        other => panic!("expected spawn_failed, got {other:?}"),
+    }
+}

@@ -49,7 +49,9 @@ async fn heartbeat_follows_welcome_and_a_silent_link_is_dead_after_two_intervals
     // agent's 30 s default) and a ping every 10 s.
     let mut statuses = 0;
     let mut pings = 0;
-    while let Ok(Some(Ok(m))) = tokio::time::timeout_at(t0 + Duration::from_secs(25), backend.next()).await {
+    while let Ok(Some(Ok(m))) =
+        tokio::time::timeout_at(t0 + Duration::from_secs(25), backend.next()).await
+    {
         match m {
             Message::Text(t) if t.as_str().contains(r#""type":"status""#) => statuses += 1,
             Message::Ping(_) => pings += 1,
@@ -57,7 +59,10 @@ async fn heartbeat_follows_welcome_and_a_silent_link_is_dead_after_two_intervals
         }
     }
     // 0, 4, 8, ..., 24 s: seven samples (one may still be in flight at the edge).
-    assert!((6..=7).contains(&statuses), "{statuses} status messages in 25 s");
+    assert!(
+        (6..=7).contains(&statuses),
+        "{statuses} status messages in 25 s"
+    );
     assert_eq!(pings, 2, "pings at 10 s and 20 s");
 
     // Now the backend stops reading (and so stops answering pings): the agent must declare
@@ -89,6 +94,9 @@ async fn no_welcome_within_the_connect_timeout_fails_the_session() {
     });
     let _hello = backend.next().await;
     let end = run.await.unwrap();
-    assert!(matches!(end, SessionEnd::Failed(ref why) if why.contains("welcome")), "{end:?}");
+    assert!(
+        matches!(end, SessionEnd::Failed(ref why) if why.contains("welcome")),
+        "{end:?}"
+    );
     assert_eq!(t0.elapsed(), channel().connect_timeout);
 }

@@ -59,16 +59,33 @@ async fn secrets_reach_neither_children_nor_logs() {
         .unwrap();
     let c = within(10, "env", collect(s)).await;
     let out = String::from_utf8_lossy(&c.stdout);
-    assert!(out.contains("PATH="), "the child env should keep ordinary variables: {out}");
-    for secret in [TOKEN, SECRET_KEY, "DTMA_BEARER_TOKEN", "BACKEND_TO_DTMA_API_KEY"] {
+    assert!(
+        out.contains("PATH="),
+        "the child env should keep ordinary variables: {out}"
+    );
+    for secret in [
+        TOKEN,
+        SECRET_KEY,
+        "DTMA_BEARER_TOKEN",
+        "BACKEND_TO_DTMA_API_KEY",
+    ] {
         assert!(!out.contains(secret), "child saw {secret}");
     }
     child.start_kill().unwrap();
     child.wait().await.unwrap();
     let mut log = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut log).await.unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .await
+        .unwrap();
     assert!(log.contains("Channel connected"), "{log}");
-    assert!(!log.contains(TOKEN) && !log.contains(SECRET_KEY), "a secret reached the log");
+    assert!(
+        !log.contains(TOKEN) && !log.contains(SECRET_KEY),
+        "a secret reached the log"
+    );
 }
 
 #[tokio::test]
@@ -107,11 +124,20 @@ async fn sigterm_drains_then_stops_the_process_group_and_reports_it() {
     assert_eq!(exit.killed_with.as_deref(), Some("SIGTERM"));
     assert_eq!(exit.exit_code, Some(7));
     // (dash may also print "Terminated" for its killed `sleep`.)
-    assert!(String::from_utf8_lossy(&out).ends_with("got-term\n"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out).ends_with("got-term\n"),
+        "{out:?}"
+    );
     let status = within(20, "agent exit", child.wait()).await.unwrap();
     assert_eq!(status.code(), Some(0));
     let mut log = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut log).await.unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .await
+        .unwrap();
     assert!(log.contains("Grace period over"), "{log}");
     let _ = Duration::ZERO;
 }

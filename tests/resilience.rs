@@ -311,3 +311,81 @@ async fn wss_with_a_private_ca() {
     let _ = std::fs::remove_dir_all(&dir);
     let _ = Duration::ZERO;
 }
+
+/// A command outlives a short outage; past the orphan grace it is cancelled, and its final
+/// events still reach the backend once the link returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_survive_an_outage_until_the_orphan_grace() {
+    let cp = Cp::start(Options::default()).await;
+    let proxy = Proxy::start(cp.addr).await;
+    let mut config = agent_config("r7", proxy.url());
+    config.channel.as_mut().unwrap().orphan_grace = Duration::from_millis(800);
+    let agent = InProc::start(config).await;
+    let first = within(10, "connect", cp.cp.wait_for_agent("r7")).await;
+    let mut s = cp
+        .cp
+        .request("r7", exec("echo before; while :; do sleep 0.05; done"))
+        .unwrap();
+    loop {
+        if let Some(AgentMessage::Output(_)) = within(10, "first output", s.recv()).await {
+            break;
+        }
+    }
+    proxy.refuse(true);
+    proxy.cut();
+    let dials = proxy.accepted.load(Ordering::SeqCst);
+    // Still running after a few failed redials...
+    within(10, "redials", proxy.wait_accepted(dials + 3)).await;
+    // ...and cancelled once the grace is over (the agent keeps redialling meanwhile).
+    within(10, "orphan cancel", async {
+        while agent.agent().registry.counts().0 > 0 {
+            proxy
+                .wait_accepted(proxy.accepted.load(Ordering::SeqCst) + 1)
+                .await;
+        }
+    })
+    .await;
+    proxy.refuse(false);
+    within(
+        10,
+        "reconnect",
+        cp.cp.wait_for_new_session("r7", &first.session_id),
+    )
+    .await;
+    match within(10, "exit after reconnect", s.recv()).await {
+        Some(AgentMessage::Exit(e)) => assert!(e.cancelled, "{e:?}"),
+        other => panic!("expected exit, got {other:?}"),
+    }
+}
+
+/// The status heartbeat arrives on the channel at the backend's interval.
+#[tokio::test]
+async fn status_heartbeat_reports_the_machine() {
+    let cp = Cp::start(Options {
+        heartbeat_interval_ms: Some(100),
+        ..Options::default()
+    })
+    .await;
+    let mut notices = cp.cp.notices();
+    let _agent = InProc::start(agent_config("r8", cp.url())).await;
+    let status = within(10, "status", async {
+        loop {
+            if let Ok((_, AgentMessage::Status(s))) = notices.recv().await {
+                return s;
+            }
+        }
+    })
+    .await;
+    assert_eq!(status.agent_version, dtma::VERSION);
+    assert!(status.memory.total_bytes > 0);
+    assert!(status.disk.is_some());
+    // A second one follows (the interval is the backend's 100 ms, not the 30 s default).
+    within(10, "second status", async {
+        loop {
+            if let Ok((_, AgentMessage::Status(_))) = notices.recv().await {
+                return;
+            }
+        }
+    })
+    .await;
+}

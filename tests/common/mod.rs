@@ -195,6 +195,7 @@ pub struct Proxy {
     /// Connections accepted so far (each a dial by the agent).
     pub accepted: Arc<AtomicU64>,
     accepted_tx: watch::Sender<u64>,
+    refusing: Arc<std::sync::atomic::AtomicBool>,
     stop: CancellationToken,
 }
 
@@ -206,6 +207,8 @@ impl Proxy {
         let accepted = Arc::new(AtomicU64::new(0));
         let (accepted_tx, _) = watch::channel(0u64);
         let stop = CancellationToken::new();
+        let refusing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let r2 = refusing.clone();
         let (c2, a2, tx2, s2) = (
             conns.clone(),
             accepted.clone(),
@@ -220,6 +223,11 @@ impl Proxy {
                 };
                 let n = a2.fetch_add(1, Ordering::SeqCst) + 1;
                 tx2.send_replace(n);
+                if r2.load(Ordering::SeqCst) {
+                    // The backend is unreachable: the connection closes at once.
+                    drop(down);
+                    continue;
+                }
                 let Ok(up) = TcpStream::connect(target).await else {
                     continue;
                 };
@@ -240,8 +248,14 @@ impl Proxy {
             conns,
             accepted,
             accepted_tx,
+            refusing,
             stop,
         }
+    }
+
+    /// While set, new connections are closed at once (the backend is unreachable).
+    pub fn refuse(&self, on: bool) {
+        self.refusing.store(on, Ordering::SeqCst);
     }
 
     pub fn url(&self) -> String {
