@@ -11,8 +11,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::audit::{AuditLog, Record};
+use crate::auth::{Auth, Caller};
 use crate::backoff::Backoff;
 use crate::config::{ChannelConfig, Config};
+use crate::docker::DockerClient;
+use crate::exec::Outcome;
+use crate::logring::LogRing;
+use crate::policy::{Decision, Policy, Role};
 use crate::session::{self, SessionEnd};
 use crate::status::Sampler;
 use crate::streams::Registry;
@@ -31,12 +37,53 @@ pub struct Agent {
     pub link_up: AtomicBool,
     pub started: Instant,
     pub sampler: Sampler,
+    /// One command policy for the channel and the local API.
+    pub policy: Policy,
+    pub audit: AuditLog,
+    pub auth: Auth,
+    pub docker: DockerClient,
+    /// The agent's own recent log lines.
+    pub logs: Arc<LogRing>,
+    /// Where the local API actually listens (set once bound).
+    pub http_addr: std::sync::OnceLock<std::net::SocketAddr>,
+}
+
+/// The caller behind every channel request: the backend, which the agent itself dialled.
+pub fn backend_caller() -> Caller {
+    Caller {
+        name: "backend".into(),
+        role: Role::Admin,
+    }
 }
 
 impl Agent {
     pub fn new(config: Config) -> Arc<Agent> {
+        Self::with_logs(config, LogRing::new())
+    }
+
+    pub fn with_logs(config: Config, logs: Arc<LogRing>) -> Arc<Agent> {
+        // Config::load already compiled the policy once; a config built in code may still
+        // carry a bad pattern, which then falls back to the built-in rules (and says so).
+        let policy = Policy::new(&config.policy).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "Policy config rejected; using the built-in rules.");
+            Policy::default()
+        });
+        let docker_host = std::env::var("DOCKER_HOST")
+            .ok()
+            .filter(|h| h.starts_with("unix://"))
+            .unwrap_or_else(|| "/var/run/docker.sock".into());
         Arc::new(Agent {
             registry: Registry::new(config.streams.clone()),
+            policy,
+            audit: AuditLog::new(
+                config.audit.path.clone(),
+                config.audit.max_bytes,
+                config.audit.keep,
+            ),
+            auth: Auth::from_config(&config),
+            docker: DockerClient::new(docker_host),
+            logs,
+            http_addr: std::sync::OnceLock::new(),
             config,
             tracker: TaskTracker::new(),
             work: CancellationToken::new(),
@@ -47,10 +94,80 @@ impl Agent {
         })
     }
 
+    /// The one policy check for commands from any path; the decision is audited.
+    pub fn authorize_exec(
+        &self,
+        source: &str,
+        caller: &Caller,
+        request_id: Option<&str>,
+        command: &str,
+    ) -> Decision {
+        let decision = self.policy.check(caller.role, command);
+        if !decision.allowed {
+            info!(source, caller = %caller.name, rule = %decision.rule, request_id, "Command denied by policy.");
+        }
+        self.audit.write(&Record {
+            time: crate::now_rfc3339(),
+            source,
+            caller: &caller.name,
+            role: role_name(caller.role),
+            command,
+            decision: if decision.allowed {
+                "allowed"
+            } else {
+                "denied"
+            },
+            rule: &decision.rule,
+            request_id,
+            exit_code: None,
+            signal: None,
+            duration_ms: None,
+        });
+        decision
+    }
+
+    /// Audit how an allowed command ended.
+    pub fn audit_outcome(
+        &self,
+        source: &str,
+        caller: &Caller,
+        request_id: Option<&str>,
+        command: &str,
+        outcome: &Outcome,
+    ) {
+        self.audit.write(&Record {
+            time: crate::now_rfc3339(),
+            source,
+            caller: &caller.name,
+            role: role_name(caller.role),
+            command,
+            decision: "finished",
+            rule: if outcome.timed_out {
+                "timed_out"
+            } else if outcome.cancelled {
+                "cancelled"
+            } else {
+                "exited"
+            },
+            request_id,
+            exit_code: outcome.exit_code,
+            signal: outcome.signal,
+            duration_ms: Some(outcome.duration.as_millis() as u64),
+        });
+    }
+
     /// The heartbeat (blocking: reads /proc).
     pub fn status(&self) -> dtma_protocol::Status {
         self.sampler
             .status(self.started.elapsed().as_secs(), self.registry.counts())
+    }
+}
+
+pub fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Diagnostics => "diagnostics",
+        Role::Operator => "operator",
+        Role::Admin => "admin",
     }
 }
 
@@ -106,6 +223,10 @@ pub async fn channel_loop(agent: Arc<Agent>, chan: ChannelConfig, stop: Cancella
             Ok(ws) => ws,
             Err(e) => {
                 warn!(error = %e, "Channel connect failed.");
+                if url != chan.url {
+                    info!(configured = %chan.url, "Redirect target unreachable; returning to the configured URL.");
+                    url = chan.url.clone();
+                }
                 wait = backoff.next_delay();
                 continue;
             }
@@ -126,10 +247,18 @@ pub async fn channel_loop(agent: Arc<Agent>, chan: ChannelConfig, stop: Cancella
                 return;
             }
             SessionEnd::Redirect { after, url: to } => {
-                if let Some(to) = to {
-                    url = to;
+                match to {
+                    Some(to) if to.starts_with("ws://") || to.starts_with("wss://") => url = to,
+                    Some(to) => {
+                        warn!(url = %to, "Ignoring a redirect to a URL that is not ws:// or wss://.")
+                    }
+                    None => {}
                 }
                 wait = after;
+            }
+            SessionEnd::Incompatible(ref why) => {
+                warn!(reason = %why, "Backend protocol version unsupported; retrying slowly.");
+                wait = chan.backoff_cap;
             }
             SessionEnd::Closed { code, ref reason } => {
                 warn!(?code, %reason, "Channel closed by the backend.");

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::policy::{PolicyConfig, Role};
+
 /// A secret value: never printed, never logged.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -49,6 +51,41 @@ pub struct Config {
     pub secrets: Vec<Secret>,
     /// On SIGTERM, running commands may finish for this long before their groups are stopped.
     pub shutdown_grace: Duration,
+    /// Local API tokens beyond the two seed tokens, each with a role (config file `[[tokens]]`).
+    pub extra_tokens: Vec<TokenConfig>,
+    /// Extra rules for the command policy (config file `[policy]`).
+    pub policy: PolicyConfig,
+    pub audit: AuditConfig,
+}
+
+/// A local API token from the config file.
+#[derive(Debug, Clone)]
+pub struct TokenConfig {
+    /// Safe to log and audit; the token itself is not.
+    pub name: String,
+    pub role: Role,
+    pub token: Secret,
+}
+
+/// Where audit records go.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// `None`: the tracing log (target `audit`).
+    pub path: Option<PathBuf>,
+    /// Rotate when the file would exceed this.
+    pub max_bytes: u64,
+    /// Rotated files kept.
+    pub keep: usize,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            path: Some(PathBuf::from(DEFAULT_AUDIT_LOG)),
+            max_bytes: 10 << 20,
+            keep: 3,
+        }
+    }
 }
 
 /// The outbound WebSocket channel.
@@ -59,7 +96,7 @@ pub struct ChannelConfig {
     /// Extra PEM CA certificates trusted besides the webpki roots (private backends).
     pub ca_file: Option<PathBuf>,
     pub connect_timeout: Duration,
-    /// WebSocket ping after this much idle time; the link is dead after twice this of silence.
+    /// WebSocket ping period; the link is dead after twice this without any frame from the backend.
     pub ping_interval: Duration,
     /// Default `status` heartbeat period (the backend's `welcome` may override it).
     pub heartbeat_interval: Duration,
@@ -84,6 +121,34 @@ pub struct ExecLimits {
     pub default_max_output: u64,
     /// Environment variable names never passed to children (besides every secret's value).
     pub scrub_env: Vec<String>,
+    /// Run commands as this user (uid, gid) instead of the agent's.
+    pub run_as: Option<(u32, u32)>,
+    /// Resource limits applied to every command (through util-linux `prlimit`).
+    pub rlimits: Rlimits,
+}
+
+/// Per-command resource limits; `None` leaves the agent's own limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rlimits {
+    pub address_space_bytes: Option<u64>,
+    pub cpu_seconds: Option<u64>,
+    pub open_files: Option<u64>,
+    pub processes: Option<u64>,
+}
+
+impl Rlimits {
+    /// `prlimit` arguments, or none when no limit is set.
+    pub fn prlimit_args(&self) -> Vec<String> {
+        [
+            ("--as", self.address_space_bytes),
+            ("--cpu", self.cpu_seconds),
+            ("--nofile", self.open_files),
+            ("--nproc", self.processes),
+        ]
+        .into_iter()
+        .filter_map(|(flag, v)| v.map(|v| format!("{flag}={v}")))
+        .collect()
+    }
 }
 
 /// Per-stream flow control and buffering on the channel.
@@ -107,6 +172,8 @@ impl Default for ExecLimits {
             kill_grace: Duration::from_secs(2),
             default_max_output: 256 << 20,
             scrub_env: SECRET_VARS.iter().map(|s| s.to_string()).collect(),
+            run_as: None,
+            rlimits: Rlimits::default(),
         }
     }
 }
@@ -153,6 +220,7 @@ pub const SECRET_VARS: [&str; 5] = [
 pub const DEFAULT_WS_PATH: &str = "dtma/connect";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:30000";
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+pub const DEFAULT_AUDIT_LOG: &str = "/var/log/dtma/audit.jsonl";
 
 /// Where configuration values come from. Tests build one from maps.
 #[derive(Debug, Clone, Default)]
@@ -215,6 +283,27 @@ struct FileConfig {
     stream_buffer_bytes: Option<usize>,
     max_streams: Option<usize>,
     shutdown_grace_ms: Option<u64>,
+    audit_log: Option<String>,
+    audit_max_bytes: Option<u64>,
+    exec_user: Option<String>,
+    exec_rlimit_as_bytes: Option<u64>,
+    exec_rlimit_cpu_secs: Option<u64>,
+    exec_rlimit_nofile: Option<u64>,
+    exec_rlimit_nproc: Option<u64>,
+    #[serde(default)]
+    tokens: Vec<FileToken>,
+    #[serde(default)]
+    policy: PolicyConfig,
+}
+
+/// `[[tokens]]` in the config file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileToken {
+    name: String,
+    role: Role,
+    token: Option<String>,
+    token_file: Option<PathBuf>,
 }
 
 pub const USAGE: &str = "\
@@ -416,6 +505,101 @@ impl Config {
             );
         }
 
+        let run_as = get("DTMA_EXEC_USER")
+            .or(file.exec_user.clone())
+            .and_then(|name| match nix::unistd::User::from_name(&name) {
+                Ok(Some(u)) => Some((u.uid.as_raw(), u.gid.as_raw())),
+                _ => {
+                    problems.push(format!("DTMA_EXEC_USER: no user named `{name}`"));
+                    None
+                }
+            });
+        let rlimits = Rlimits {
+            address_space_bytes: opt_num(
+                &env,
+                "DTMA_EXEC_RLIMIT_AS_BYTES",
+                file.exec_rlimit_as_bytes,
+                &mut problems,
+            ),
+            cpu_seconds: opt_num(
+                &env,
+                "DTMA_EXEC_RLIMIT_CPU_SECS",
+                file.exec_rlimit_cpu_secs,
+                &mut problems,
+            ),
+            open_files: opt_num(
+                &env,
+                "DTMA_EXEC_RLIMIT_NOFILE",
+                file.exec_rlimit_nofile,
+                &mut problems,
+            ),
+            processes: opt_num(
+                &env,
+                "DTMA_EXEC_RLIMIT_NPROC",
+                file.exec_rlimit_nproc,
+                &mut problems,
+            ),
+        };
+        if rlimits != Rlimits::default() && !Path::new(PRLIMIT).is_file() {
+            problems.push(format!(
+                "DTMA_EXEC_RLIMIT_*: resource limits need `{PRLIMIT}` (util-linux), which is missing"
+            ));
+        }
+        let audit_defaults = AuditConfig::default();
+        let audit = AuditConfig {
+            path: match get("DTMA_AUDIT_LOG").or(file.audit_log.clone()) {
+                Some(p) if p == "-" => None,
+                Some(p) => Some(PathBuf::from(p)),
+                None => audit_defaults.path.clone(),
+            },
+            max_bytes: opt_num(
+                &env,
+                "DTMA_AUDIT_MAX_BYTES",
+                file.audit_max_bytes,
+                &mut problems,
+            )
+            .unwrap_or(audit_defaults.max_bytes),
+            keep: audit_defaults.keep,
+        };
+        let mut extra_tokens = Vec::new();
+        for t in &file.tokens {
+            let token = match (&t.token, &t.token_file) {
+                (Some(v), None) => Some(v.trim().to_owned()),
+                (None, Some(path)) => match std::fs::read_to_string(path) {
+                    Ok(v) => Some(v.trim().to_owned()),
+                    Err(e) => {
+                        problems.push(format!(
+                            "token `{}`: cannot read `{}`: {e}",
+                            t.name,
+                            path.display()
+                        ));
+                        None
+                    }
+                },
+                _ => {
+                    problems.push(format!(
+                        "token `{}`: give exactly one of `token` and `token_file`",
+                        t.name
+                    ));
+                    None
+                }
+            };
+            match token {
+                Some(v) if v.len() >= 16 => extra_tokens.push(TokenConfig {
+                    name: t.name.clone(),
+                    role: t.role,
+                    token: Secret::new(v),
+                }),
+                Some(_) => {
+                    problems.push(format!("token `{}` is shorter than 16 characters", t.name))
+                }
+                None => {}
+            }
+        }
+        if let Err(e) = crate::policy::Policy::new(&file.policy) {
+            problems.push(format!("[policy]: {e}"));
+        }
+
         let listen = resolve_listen(
             get("DTMA_LISTEN").or(file.listen.clone()),
             get("PORT"),
@@ -463,6 +647,7 @@ impl Config {
         let secrets: Vec<Secret> = [Some(bearer_token.clone()), backend_api_key.clone()]
             .into_iter()
             .flatten()
+            .chain(extra_tokens.iter().map(|t| t.token.clone()))
             .collect();
         let channel = url.map(|url| ChannelConfig {
             url,
@@ -489,6 +674,8 @@ impl Config {
                     max_timeout,
                     kill_grace,
                     default_max_output,
+                    run_as,
+                    rlimits,
                     ..exec_defaults
                 },
                 streams: StreamLimits {
@@ -499,6 +686,9 @@ impl Config {
                 },
                 secrets,
                 shutdown_grace,
+                extra_tokens,
+                policy: file.policy,
+                audit,
             }),
         ))
     }
@@ -516,7 +706,36 @@ impl Config {
             exec: ExecLimits::default(),
             streams: StreamLimits::default(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            extra_tokens: Vec::new(),
+            policy: PolicyConfig::default(),
+            audit: AuditConfig {
+                path: None,
+                ..AuditConfig::default()
+            },
         }
+    }
+}
+
+/// Where `prlimit` (util-linux) lives on Debian.
+pub const PRLIMIT: &str = "/usr/bin/prlimit";
+
+fn opt_num(
+    env: &BTreeMap<String, String>,
+    var: &str,
+    file_value: Option<u64>,
+    problems: &mut Vec<String>,
+) -> Option<u64> {
+    match env.get(var).filter(|v| !v.is_empty()) {
+        Some(text) => match text.parse::<u64>() {
+            Ok(v) if v > 0 => Some(v),
+            _ => {
+                problems.push(format!(
+                    "{var} must be a whole number above 0, got `{text}`"
+                ));
+                None
+            }
+        },
+        None => file_value,
     }
 }
 

@@ -134,7 +134,15 @@ pub async fn run<S: OutputSink>(
     cancel: CancellationToken,
 ) -> Result<Outcome, Error> {
     let start = Instant::now();
-    let mut cmd = Command::new("/bin/sh");
+    let prlimit = limits.rlimits.prlimit_args();
+    let mut cmd = if prlimit.is_empty() {
+        Command::new("/bin/sh")
+    } else {
+        // prlimit sets the limits on itself and then execs the shell: same pid, same group.
+        let mut c = Command::new(crate::config::PRLIMIT);
+        c.args(&prlimit).arg("--").arg("/bin/sh");
+        c
+    };
     cmd.arg("-c")
         .arg(&spec.command)
         .process_group(0)
@@ -151,6 +159,9 @@ pub async fn run<S: OutputSink>(
         .envs(&spec.env);
     if let Some(cwd) = &spec.cwd {
         cmd.current_dir(cwd);
+    }
+    if let Some((uid, gid)) = limits.run_as {
+        cmd.uid(uid).gid(gid);
     }
     let mut child = cmd.spawn().map_err(Error::Spawn)?;
     let pid = child.id().unwrap_or_default();
@@ -174,6 +185,7 @@ pub async fn run<S: OutputSink>(
         spec.max_output,
         stopped.clone(),
     ));
+    let reader_abort = reader.abort_handle();
     let readers = [reader];
 
     let work = async {
@@ -207,7 +219,10 @@ pub async fn run<S: OutputSink>(
                 match tokio::time::timeout(limits.kill_grace, &mut work).await {
                     Ok(status) => status,
                     // A process that left the group still holds a pipe: give up on it.
-                    Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+                    Err(_) => {
+                        reader_abort.abort();
+                        Err(std::io::ErrorKind::TimedOut.into())
+                    }
                 }
             }
         }
@@ -445,6 +460,21 @@ mod tests {
             &[Secret::new("hunter2-secret")],
         );
         assert_eq!(env, vec![("PATH".to_string(), "/bin".to_string())]);
+    }
+
+    #[tokio::test]
+    async fn rlimits_and_run_as_apply_to_the_child() {
+        let limits = ExecLimits {
+            rlimits: crate::config::Rlimits {
+                open_files: Some(77),
+                ..Default::default()
+            },
+            run_as: Some((65534, 65534)),
+            ..ExecLimits::default()
+        };
+        let (out, o, e) = run_collect(spec("ulimit -n; id -u", 10_000), &limits).await;
+        assert_eq!(out.exit_code, Some(0), "{}", String::from_utf8_lossy(&e));
+        assert_eq!(String::from_utf8_lossy(&o), "77\n65534\n");
     }
 
     #[test]

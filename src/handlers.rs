@@ -96,7 +96,17 @@ pub fn dispatch(agent: &Arc<Agent>, req: Request) -> Option<AgentMessage> {
     match req.body {
         RequestBody::Exec(_) => {
             if let Some(spec) = spec {
-                start_exec(agent, stream, spec, token);
+                let caller = crate::agent::backend_caller();
+                let decision =
+                    agent.authorize_exec("channel", &caller, Some(&req.id), &spec.command);
+                if decision.allowed {
+                    start_exec(agent, stream, spec, token);
+                } else {
+                    stream.fail(
+                        ErrorCode::Denied,
+                        format!("denied by rule `{}`: {}", decision.rule, decision.reason),
+                    );
+                }
             }
         }
         RequestBody::Cancel(c) => {
@@ -144,6 +154,7 @@ fn start_exec(
         let stream = Arc::new(stream);
         let id = stream.id().to_owned();
         info!(request_id = %id, "Exec started.");
+        let command = spec.command.clone();
         let result = exec::run(
             spec,
             &agent2.config.exec,
@@ -154,6 +165,13 @@ fn start_exec(
         .await;
         match result {
             Ok(o) => {
+                agent2.audit_outcome(
+                    "channel",
+                    &crate::agent::backend_caller(),
+                    Some(&id),
+                    &command,
+                    &o,
+                );
                 info!(
                     request_id = %id,
                     exit_code = ?o.exit_code,

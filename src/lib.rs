@@ -15,12 +15,18 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod audit;
+pub mod auth;
 pub mod backoff;
 pub mod config;
 pub mod control_plane;
+pub mod diagnostics;
+pub mod docker;
 pub mod exec;
 pub mod handlers;
 pub mod http;
+pub mod logring;
+pub mod policy;
 pub mod session;
 pub mod status;
 pub mod streams;
@@ -48,6 +54,12 @@ pub fn now_rfc3339() -> String {
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
     );
     now.format(&fmt).unwrap_or_default()
+}
+
+/// Random id of this process start, sent in `hello`.
+pub fn boot_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)))
 }
 
 pub fn parse_rfc3339(s: &str) -> Result<time::OffsetDateTime, time::error::Parse> {
@@ -86,11 +98,21 @@ impl Running {
 /// Start the agent: the local API on `config.listen` and, when configured, the channel.
 /// Cancelling `shutdown` drains running work and stops everything.
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    start_with_logs(config, logring::LogRing::new(), shutdown).await
+}
+
+/// [`start`], with the ring that the process's log subscriber feeds (for `/diagnostics/logs`).
+pub async fn start_with_logs(
+    config: Config,
+    logs: std::sync::Arc<logring::LogRing>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Running> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     let http_addr = listener.local_addr()?;
-    let agent = agent::Agent::new(config);
+    let agent = agent::Agent::with_logs(config, logs);
+    let _ = agent.http_addr.set(http_addr);
     match &agent.config.channel {
         Some(c) => {
             info!(url = %c.url, agent_id = %agent.config.agent_id, "Control channel configured.")
@@ -147,8 +169,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
 }
 
 /// Run until `shutdown` is cancelled.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let running = start(config, shutdown).await?;
+pub async fn run(
+    config: Config,
+    logs: std::sync::Arc<logring::LogRing>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let running = start_with_logs(config, logs, shutdown).await?;
     running.join().await?;
     Ok(())
 }

@@ -25,12 +25,20 @@ fn main() -> ExitCode {
         (Mode::Run, Some(c)) => c,
         (Mode::Run, None) => return ExitCode::from(64),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    // Logs go to stderr and into an in-memory ring that `/diagnostics/logs` serves.
+    let logs = dtma::logring::LogRing::new();
+    tracing_subscriber::registry()
+        .with(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
+        .with(dtma::logring::RingLayer(logs.clone()))
         .init();
     dtma::raise_fd_limit();
     tracing::info!(version = dtma::VERSION, config = ?config, "Starting.");
@@ -51,7 +59,7 @@ fn main() -> ExitCode {
             wait_for_signal().await;
             s.cancel();
         });
-        match dtma::run(config, shutdown).await {
+        match dtma::run(config, logs, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("dtma: {e:#}");

@@ -41,15 +41,10 @@ pub enum SessionEnd {
     Closed { code: Option<u16>, reason: String },
     /// No frame for two ping intervals.
     Dead,
+    /// The backend speaks another protocol version.
+    Incompatible(String),
     /// The handshake failed or a transport error occurred.
     Failed(String),
-}
-
-impl SessionEnd {
-    /// Whether a link that ended this way counts as having been healthy (for backoff reset).
-    pub fn replaced(&self) -> bool {
-        matches!(self, SessionEnd::Closed { code: Some(c), .. } if *c == close_code::REPLACED)
-    }
 }
 
 /// Run one session over `ws` until it ends.
@@ -72,6 +67,7 @@ where
     let hello = AgentMessage::Hello(Hello {
         agent_id: agent.config.agent_id.clone(),
         agent_version: crate::VERSION.to_owned(),
+        boot_id: crate::boot_id().to_owned(),
         protocol_version: PROTOCOL_VERSION,
         capabilities: crate::CAPABILITIES.iter().map(|s| s.to_string()).collect(),
         streams: agent.registry.hello_streams(),
@@ -84,7 +80,12 @@ where
         _ = stop.cancelled() => return SessionEnd::Shutdown,
         w = tokio::time::timeout(chan.connect_timeout, read_welcome(&mut rx)) => match w {
             Ok(Ok(w)) => w,
-            Ok(Err(end)) => return end,
+            Ok(Err(end)) => {
+                if matches!(end, SessionEnd::Failed(_)) {
+                    let _ = tx.send(close(close_code::PROTOCOL_ERROR, "expected `welcome`")).await;
+                }
+                return end;
+            }
             Err(_) => return SessionEnd::Failed("no welcome within the connect timeout".into()),
         },
     };
@@ -96,7 +97,7 @@ where
         let _ = tx
             .send(close(close_code::UNSUPPORTED_VERSION, &reason))
             .await;
-        return SessionEnd::Failed(reason);
+        return SessionEnd::Incompatible(reason);
     }
     info!(session_id = %welcome.session_id, resumed = welcome.resume.len(), "Channel connected.");
     agent

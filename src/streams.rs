@@ -171,6 +171,10 @@ impl Registry {
         let Some(s) = g.streams.get_mut(id) else {
             return;
         };
+        if s.finished {
+            // Nothing follows a terminal event (a late pipe flush after a give-up, say).
+            return;
+        }
         let seq = s.next_seq;
         let text = match serde_json::to_vec(&make(seq)) {
             Ok(v) => Bytes::from(v),

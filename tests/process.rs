@@ -25,6 +25,7 @@ fn agent_command(id: &str, url: &str) -> Command {
         .env("DTMA_BACKOFF_BASE_MS", "20")
         .env("DTMA_BACKOFF_CAP_MS", "200")
         .env("RUST_LOG", "debug")
+        .env("DTMA_AUDIT_LOG", "-")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -53,10 +54,7 @@ async fn secrets_reach_neither_children_nor_logs() {
     let cp = Cp::start(Options::default()).await;
     let mut child = agent_command("p1", &cp.url()).spawn().unwrap();
     within(20, "agent connect", cp.cp.wait_for_agent("p1")).await;
-    let s = cp
-        .cp
-        .request("p1", exec("env; cat /proc/self/environ | tr '\\0' '\\n'"))
-        .unwrap();
+    let s = cp.cp.request("p1", exec("env")).unwrap();
     let c = within(10, "env", collect(s)).await;
     let out = String::from_utf8_lossy(&c.stdout);
     assert!(
@@ -70,6 +68,18 @@ async fn secrets_reach_neither_children_nor_logs() {
         "BACKEND_TO_DTMA_API_KEY",
     ] {
         assert!(!out.contains(secret), "child saw {secret}");
+    }
+    // Reading a process's environment through /proc is refused by the policy outright.
+    let mut denied = cp
+        .cp
+        .request("p1", exec("cat /proc/1/environ | tr '\\0' '\\n'"))
+        .unwrap();
+    match within(10, "denied", denied.recv()).await {
+        Some(AgentMessage::Error(e)) => {
+            assert_eq!(e.code, dtma_protocol::ErrorCode::Denied);
+            assert!(e.message.contains("environ"), "{}", e.message);
+        }
+        other => panic!("expected denied, got {other:?}"),
     }
     child.start_kill().unwrap();
     child.wait().await.unwrap();
@@ -115,7 +125,11 @@ async fn sigterm_drains_then_stops_the_process_group_and_reports_it() {
     let mut out = Vec::new();
     let exit = loop {
         match within(20, "exit after SIGTERM", s.recv()).await {
-            Some(AgentMessage::Output(o)) => out.extend(dtma::control_plane::output_bytes(&o)),
+            Some(AgentMessage::Output(o)) if o.fd == dtma_protocol::Fd::Stdout => {
+                out.extend(dtma::control_plane::output_bytes(&o))
+            }
+            // dash reports its killed `sleep` ("Terminated") on stderr.
+            Some(AgentMessage::Output(_)) => {}
             Some(AgentMessage::Exit(e)) => break e,
             other => panic!("unexpected {other:?}"),
         }

@@ -28,11 +28,13 @@ pub mod close_code {
     pub const UNSUPPORTED_VERSION: u16 = 4001;
     /// The backend replaced this session with a newer one for the same agent id.
     pub const REPLACED: u16 = 4002;
-    /// The peer broke the handshake order (e.g. a request before `hello`/`welcome`).
+    /// The backend broke the handshake order: its first message was not `welcome` (sent by
+    /// the agent, which then reconnects with backoff).
     pub const PROTOCOL_ERROR: u16 = 4003;
     /// The agent is shutting down; it will not reconnect.
     pub const SHUTDOWN: u16 = 4004;
-    /// The agent or backend declared the link dead (no traffic for two heartbeat intervals).
+    /// Reserved for a backend that declares an agent's link dead. (The agent itself sends no
+    /// close frame on a dead link: it simply redials.)
     pub const DEAD_LINK: u16 = 4005;
 }
 
@@ -92,6 +94,9 @@ pub enum AgentMessage {
 pub struct Hello {
     pub agent_id: String,
     pub agent_version: String,
+    /// Random per agent process start. A new value means the agent restarted and holds none of
+    /// the streams of earlier boots: requests that never got an event may be sent again.
+    pub boot_id: String,
     pub protocol_version: u32,
     /// Request types and features this agent serves (e.g. `exec`, `credit`, `resume`).
     pub capabilities: Vec<String>,
@@ -153,7 +158,8 @@ pub struct Exit {
     /// and discarded).
     pub stdout_bytes: u64,
     pub stderr_bytes: u64,
-    /// True when output beyond the request's `max_output_bytes` was discarded.
+    /// True when output was read and discarded: beyond the request's `max_output_bytes`, or
+    /// after the agent had to SIGKILL the group.
     pub truncated: bool,
 }
 
@@ -183,7 +189,8 @@ pub struct ErrorEvent {
 pub struct StateEvent {
     pub id: RequestId,
     pub phase: StreamPhase,
-    /// Next sequence number of the stream (its event count so far).
+    /// Next sequence number of the stream (its event count so far); 0 for `closed` streams,
+    /// of which the agent keeps only the id.
     pub next_seq: u64,
 }
 
@@ -254,11 +261,12 @@ pub enum ErrorCode {
     Denied,
     /// The child process could not be started.
     SpawnFailed,
-    /// The agent holds too many streams; retry after some finish.
+    /// The agent holds too many streams (a stream counts until its terminal event is
+    /// acknowledged); retry after acknowledging finished streams.
     TooManyStreams,
     /// The agent is shutting down and takes no new work.
     ShuttingDown,
-    /// A message arrived before the handshake finished.
+    /// A handshake message out of place (a second `welcome`).
     ProtocolError,
     /// A bug or an unexpected local failure; `message` says what.
     Internal,
@@ -331,7 +339,8 @@ pub struct Credit {
 }
 
 /// Server-directed backoff or redirect: the agent closes this connection, waits `after_ms`
-/// and dials `url` (or its configured URL when absent).
+/// and dials `url` (a `ws://` or `wss://` URL; when absent, the URL it used last). A redirect
+/// URL is kept until a dial to it fails; then the agent returns to its configured URL.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Reconnect {
     #[serde(default)]

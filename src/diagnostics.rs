@@ -1,0 +1,217 @@
+//! Bodies of `/diagnostics/system`, `/diagnostics/logs` and `/status`: the seed's shapes, filled
+//! from sysinfo and the agent's own state rather than by shelling out (except `journalctl`,
+//! which has no library here).
+
+use std::time::Duration;
+
+use sysinfo::{Disks, ProcessesToUpdate, System};
+
+use crate::agent::Agent;
+
+/// `GET /diagnostics/system` (blocking: reads /proc; run it off the reactor).
+pub fn system(a: &Agent) -> serde_json::Value {
+    let snap = a.sampler.sample();
+    let up = System::uptime();
+    let uptime = format!(
+        "up {} days, {:02}:{:02}, load average: {:.2}, {:.2}, {:.2}",
+        up / 86400,
+        (up % 86400) / 3600,
+        (up % 3600) / 60,
+        snap.load_average[0],
+        snap.load_average[1],
+        snap.load_average[2]
+    );
+
+    let mut disk_usage = String::from("Filesystem      Size  Used Avail Use% Mounted on\n");
+    for d in Disks::new_with_refreshed_list().list() {
+        let total = d.total_space();
+        let avail = d.available_space();
+        let used = total.saturating_sub(avail);
+        let pct = (used * 100).checked_div(total).unwrap_or(0);
+        disk_usage.push_str(&format!(
+            "{:<15} {:>5} {:>5} {:>5} {:>3}% {}\n",
+            d.name().to_string_lossy(),
+            human(total),
+            human(used),
+            human(avail),
+            pct,
+            d.mount_point().display()
+        ));
+    }
+
+    let mut sys = System::new();
+    sys.refresh_memory();
+    let memory_info = format!(
+        "               total        used        free   available\nMem:    {:>12} {:>11} {:>11} {:>11}\nSwap:   {:>12} {:>11} {:>11}",
+        human(sys.total_memory()),
+        human(sys.used_memory()),
+        human(sys.free_memory()),
+        human(sys.available_memory()),
+        human(sys.total_swap()),
+        human(sys.used_swap()),
+        human(sys.free_swap()),
+    );
+
+    // CPU usage needs two samples of every process.
+    sys.refresh_processes(ProcessesToUpdate::All, true);
+    std::thread::sleep(Duration::from_millis(200));
+    sys.refresh_processes(ProcessesToUpdate::All, true);
+    let total_mem = sys.total_memory().max(1) as f64;
+    let mut procs: Vec<_> = sys.processes().values().collect();
+    procs.sort_by(|x, y| {
+        y.cpu_usage()
+            .total_cmp(&x.cpu_usage())
+            .then(y.memory().cmp(&x.memory()))
+    });
+    let mut top_processes = String::from("PID      %CPU  %MEM       RSS COMMAND\n");
+    for p in procs.iter().take(15) {
+        top_processes.push_str(&format!(
+            "{:<8} {:>5.1} {:>5.1} {:>9} {}\n",
+            p.pid().as_u32(),
+            p.cpu_usage(),
+            p.memory() as f64 * 100.0 / total_mem,
+            human(p.memory()),
+            p.name().to_string_lossy()
+        ));
+    }
+
+    let listen = a
+        .http_addr
+        .get()
+        .map(|x| x.to_string())
+        .unwrap_or_else(|| a.config.listen.to_string());
+    let dtma_port_status = format!(
+        "tcp LISTEN {listen} {}/dtma; control channel: {}",
+        std::process::id(),
+        match (
+            &a.config.channel,
+            a.link_up.load(std::sync::atomic::Ordering::Relaxed)
+        ) {
+            (None, _) => "not configured (local-only)".to_owned(),
+            (Some(_), true) => "connected".to_owned(),
+            (Some(_), false) => "disconnected (reconnecting)".to_owned(),
+        }
+    );
+    serde_json::json!({
+        "uptime": uptime,
+        "disk_usage": disk_usage,
+        "memory_info": memory_info,
+        "top_processes": top_processes,
+        "dtma_port_status": dtma_port_status,
+        "environment": {
+            "version": crate::VERSION,
+            "runtime": "native Rust binary (no Node.js: node_version is not applicable)",
+            "platform": std::env::consts::OS,
+            "arch": std::env::consts::ARCH,
+            "pid": std::process::id(),
+        },
+        "cpu_load_percent": snap.cpu_load_percent,
+        "memory": {
+            "total_bytes": snap.memory.total_bytes,
+            "active_bytes": snap.memory.used_bytes,
+            "used_bytes": snap.memory.used_bytes,
+            "free_bytes": snap.memory.free_bytes,
+            "available_bytes": snap.memory.available_bytes,
+        },
+        "disk": snap.disk,
+    })
+}
+
+/// `GET /diagnostics/logs?lines=N`.
+pub async fn logs(a: &Agent, lines: usize) -> serde_json::Value {
+    let journal = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::process::Command::new("journalctl")
+            .args(["-u", "dtma", "-n", &lines.to_string(), "--no-pager"])
+            .env_clear()
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await;
+    let dtma_service = match journal {
+        Ok(Ok(out)) => String::from_utf8_lossy(&out.stdout).into_owned(),
+        Ok(Err(e)) => format!("journalctl is not available on this host: {e}"),
+        Err(_) => "journalctl did not answer within 5 s".to_owned(),
+    };
+    let mcp_containers = match a.docker.containers(true).await {
+        Ok(list) => {
+            let mut out = String::new();
+            for c in list {
+                let text = a
+                    .docker
+                    .logs_tail(&c.name, lines)
+                    .await
+                    .unwrap_or_else(|e| format!("({e})\n"));
+                out.push_str(&format!("==> {} <==\n{text}", c.name));
+            }
+            out
+        }
+        Err(e) => format!("({e})"),
+    };
+    serde_json::json!({
+        "dtma_service": dtma_service,
+        "mcp_containers": mcp_containers,
+        "application_logs": a.logs.tail(lines),
+    })
+}
+
+/// `GET /status`: the shape the console's health monitor reads.
+pub async fn console_status(a: &Agent) -> serde_json::Value {
+    let (tool_instances, docker_error) = match a.docker.containers(true).await {
+        Ok(list) => (
+            list.into_iter()
+                .map(|c| {
+                    serde_json::json!({
+                        "account_tool_instance_id": c.labels.get(crate::docker::LABEL_INSTANCE_ID),
+                        "instance_name_on_toolbox": c.name,
+                        "container_id": c.id,
+                        "status": c.state,
+                        "image": c.image,
+                        "ports": c.ports,
+                        "created": c.created,
+                    })
+                })
+                .collect::<Vec<_>>(),
+            None,
+        ),
+        Err(e) => (Vec::new(), Some(e.to_string())),
+    };
+    let port = a
+        .http_addr
+        .get()
+        .map(|x| x.port())
+        .unwrap_or(a.config.listen.port());
+    serde_json::json!({
+        "status": if a.draining.load(std::sync::atomic::Ordering::Relaxed) { "draining" } else { "healthy" },
+        "timestamp": crate::now_rfc3339(),
+        "version": crate::VERSION,
+        "service": "dtma",
+        "environment": {
+            "hasAuthToken": true,
+            "hasApiKey": a.config.backend_api_key.is_some(),
+            "hasApiBaseUrl": a.config.channel.is_some(),
+            "port": port,
+        },
+        "channel_connected": a.link_up.load(std::sync::atomic::Ordering::Relaxed),
+        "tool_instances": tool_instances,
+        "docker_error": docker_error,
+    })
+}
+
+/// Bytes as `1.5G`, `512M`, `3.0K` (df/free -h style).
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
+    let mut v = bytes as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < UNITS.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{bytes}B")
+    } else if v < 10.0 {
+        format!("{v:.1}{}", UNITS[i])
+    } else {
+        format!("{v:.0}{}", UNITS[i])
+    }
+}

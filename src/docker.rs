@@ -1,0 +1,180 @@
+//! The Docker client seam (bollard over the local socket). This module answers the read-only
+//! questions the local API and the heartbeat ask; MCP group deployment builds on it.
+
+use std::collections::HashMap;
+
+use bollard::Docker;
+use bollard::query_parameters::ListContainersOptionsBuilder;
+use serde::Serialize;
+
+/// Label every MCP container carries (set by the deploy work); used to find them.
+pub const MCP_LABEL: &str = "dtma.mcp";
+pub const LABEL_INSTANCE_ID: &str = "dtma.account_tool_instance_id";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the Docker daemon at {socket} is unreachable: {reason}")]
+    Unreachable { socket: String, reason: String },
+    #[error("Docker API error: {0}")]
+    Api(String),
+}
+
+/// A lazily connected Docker client.
+pub struct DockerClient {
+    socket: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ContainerInfo {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    pub state: String,
+    pub status: String,
+    pub created: i64,
+    pub labels: HashMap<String, String>,
+    pub ports: Vec<PortInfo>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PortInfo {
+    pub ip: Option<String>,
+    pub private_port: u16,
+    pub public_port: Option<u16>,
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+impl DockerClient {
+    /// `socket` is a path or `unix://` URL (from `DOCKER_HOST`, default `/var/run/docker.sock`).
+    pub fn new(socket: impl Into<String>) -> DockerClient {
+        DockerClient {
+            socket: socket.into(),
+        }
+    }
+
+    pub fn socket(&self) -> &str {
+        &self.socket
+    }
+
+    fn connect(&self) -> Result<Docker, Error> {
+        Docker::connect_with_socket(&self.socket, 30, bollard::API_DEFAULT_VERSION).map_err(|e| {
+            Error::Unreachable {
+                socket: self.socket.clone(),
+                reason: e.to_string(),
+            }
+        })
+    }
+
+    fn unreachable(&self, e: bollard::errors::Error) -> Error {
+        match e {
+            bollard::errors::Error::DockerResponseServerError {
+                status_code,
+                message,
+            } => Error::Api(format!("{status_code}: {message}")),
+            other => Error::Unreachable {
+                socket: self.socket.clone(),
+                reason: other.to_string(),
+            },
+        }
+    }
+
+    /// Version and summary counts, as `GET /diagnostics/docker` shows them.
+    pub async fn diagnostics(&self) -> Result<serde_json::Value, Error> {
+        let docker = self.connect()?;
+        let version = docker.version().await.map_err(|e| self.unreachable(e))?;
+        let info = docker.info().await.map_err(|e| self.unreachable(e))?;
+        let containers = self.containers(false).await?;
+        let mut table = String::from("CONTAINER ID   IMAGE   STATUS   NAMES\n");
+        for c in &containers {
+            table.push_str(&format!(
+                "{}   {}   {}   {}\n",
+                c.id.chars().take(12).collect::<String>(),
+                c.image,
+                c.status,
+                c.name
+            ));
+        }
+        Ok(serde_json::json!({
+            "docker_version": format!(
+                "Docker version {}, API {}",
+                version.version.unwrap_or_default(),
+                version.api_version.unwrap_or_default()
+            ),
+            "docker_info_success": true,
+            "docker_info": {
+                "ServerVersion": info.server_version,
+                "Containers": info.containers,
+                "ContainersRunning": info.containers_running,
+                "ContainersPaused": info.containers_paused,
+                "ContainersStopped": info.containers_stopped,
+            },
+            "containers": table,
+            "container_list": containers,
+        }))
+    }
+
+    /// All containers (or only MCP ones, by label).
+    pub async fn containers(&self, mcp_only: bool) -> Result<Vec<ContainerInfo>, Error> {
+        let docker = self.connect()?;
+        let mut builder = ListContainersOptionsBuilder::default().all(true);
+        let filters: HashMap<String, Vec<String>> =
+            HashMap::from([("label".to_string(), vec![MCP_LABEL.to_string()])]);
+        if mcp_only {
+            builder = builder.filters(&filters);
+        }
+        let list = docker
+            .list_containers(Some(builder.build()))
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        Ok(list
+            .into_iter()
+            .map(|c| ContainerInfo {
+                id: c.id.unwrap_or_default(),
+                name: c
+                    .names
+                    .and_then(|n| n.into_iter().next())
+                    .unwrap_or_default()
+                    .trim_start_matches('/')
+                    .to_owned(),
+                image: c.image.unwrap_or_default(),
+                state: c.state.map(|s| s.to_string()).unwrap_or_default(),
+                status: c.status.unwrap_or_default(),
+                created: c.created.unwrap_or_default(),
+                labels: c.labels.unwrap_or_default(),
+                ports: c
+                    .ports
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|p| PortInfo {
+                        ip: p.ip,
+                        private_port: p.private_port,
+                        public_port: p.public_port,
+                        kind: p.typ.map(|t| t.to_string()).unwrap_or_default(),
+                    })
+                    .collect(),
+            })
+            .collect())
+    }
+}
+
+impl DockerClient {
+    /// The last `lines` log lines of `container` (stdout and stderr interleaved).
+    pub async fn logs_tail(&self, container: &str, lines: usize) -> Result<String, Error> {
+        use futures_util::StreamExt;
+        let docker = self.connect()?;
+        let opts = bollard::query_parameters::LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .timestamps(true)
+            .tail(&lines.to_string())
+            .build();
+        let mut stream = docker.logs(container, Some(opts));
+        let mut out = String::new();
+        while let Some(item) = stream.next().await {
+            let chunk = item.map_err(|e| self.unreachable(e))?;
+            out.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+        }
+        Ok(out)
+    }
+}
