@@ -68,10 +68,6 @@ impl Agent {
             tracing::error!(error = %e, "Policy config rejected; using the built-in rules.");
             Policy::default()
         });
-        let docker_host = std::env::var("DOCKER_HOST")
-            .ok()
-            .filter(|h| h.starts_with("unix://"))
-            .unwrap_or_else(|| "/var/run/docker.sock".into());
         Arc::new(Agent {
             registry: Registry::new(config.streams.clone()),
             policy,
@@ -81,7 +77,7 @@ impl Agent {
                 config.audit.keep,
             ),
             auth: Auth::from_config(&config),
-            docker: DockerClient::new(docker_host),
+            docker: DockerClient::new(config.docker_socket.clone()),
             logs,
             http_addr: std::sync::OnceLock::new(),
             config,

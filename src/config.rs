@@ -56,6 +56,8 @@ pub struct Config {
     /// Extra rules for the command policy (config file `[policy]`).
     pub policy: PolicyConfig,
     pub audit: AuditConfig,
+    /// The Docker daemon's socket (`DOCKER_HOST` when it is a `unix://` URL).
+    pub docker_socket: String,
 }
 
 /// A local API token from the config file.
@@ -220,6 +222,7 @@ pub const SECRET_VARS: [&str; 5] = [
 pub const DEFAULT_WS_PATH: &str = "dtma/connect";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:30000";
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+pub const DEFAULT_DOCKER_SOCKET: &str = "unix:///var/run/docker.sock";
 pub const DEFAULT_AUDIT_LOG: &str = "/var/log/dtma/audit.jsonl";
 
 /// Where configuration values come from. Tests build one from maps.
@@ -600,6 +603,17 @@ impl Config {
             problems.push(format!("[policy]: {e}"));
         }
 
+        let docker_socket = match get("DOCKER_HOST") {
+            None => DEFAULT_DOCKER_SOCKET.to_owned(),
+            Some(h) if h.starts_with("unix://") => h,
+            Some(h) => {
+                problems.push(format!(
+                    "DOCKER_HOST must be a unix:// socket for this agent, got `{h}`"
+                ));
+                DEFAULT_DOCKER_SOCKET.to_owned()
+            }
+        };
+
         let listen = resolve_listen(
             get("DTMA_LISTEN").or(file.listen.clone()),
             get("PORT"),
@@ -689,6 +703,7 @@ impl Config {
                 extra_tokens,
                 policy: file.policy,
                 audit,
+                docker_socket,
             }),
         ))
     }
@@ -712,6 +727,7 @@ impl Config {
                 path: None,
                 ..AuditConfig::default()
             },
+            docker_socket: DEFAULT_DOCKER_SOCKET.to_owned(),
         }
     }
 }

@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub mod http;
+
 use dtma::config::{ChannelConfig, Config};
 use dtma::control_plane::{ControlPlane, Options, StreamRx, output_bytes};
 use dtma_protocol::{AgentMessage, Exec, Exit, RequestBody};
