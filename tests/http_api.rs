@@ -36,7 +36,8 @@ fn local_config(audit: Option<std::path::PathBuf>) -> Config {
 }
 
 struct Local {
-    agent: InProc,
+    // Held for its lifetime: dropping it stops the agent.
+    _agent: InProc,
     addr: std::net::SocketAddr,
 }
 
@@ -44,7 +45,7 @@ impl Local {
     async fn start(config: Config) -> Local {
         let agent = InProc::start(config).await;
         let addr = agent.running.as_ref().unwrap().http_addr;
-        Local { agent, addr }
+        Local { _agent: agent, addr }
     }
     async fn get(&self, path: &str, token: Option<&str>) -> Response {
         let auth = token.map(|t| format!("Bearer {t}"));
