@@ -45,7 +45,10 @@ impl Local {
     async fn start(config: Config) -> Local {
         let agent = InProc::start(config).await;
         let addr = agent.running.as_ref().unwrap().http_addr;
-        Local { _agent: agent, addr }
+        Local {
+            _agent: agent,
+            addr,
+        }
     }
     async fn get(&self, path: &str, token: Option<&str>) -> Response {
         let auth = token.map(|t| format!("Bearer {t}"));
