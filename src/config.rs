@@ -998,6 +998,74 @@ mod tests {
     }
 
     #[test]
+    fn tokens_roles_and_policy_come_from_the_file() {
+        let dir = std::env::temp_dir().join(format!("dtma-cfgtok-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tok = dir.join("oncall.token");
+        std::fs::write(&tok, "oncall-token-0123456789\n").unwrap();
+        let path = dir.join("dtma.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[[tokens]]\nname = \"oncall\"\nrole = \"diagnostics\"\ntoken_file = \"{}\"\n\n\
+                 [[tokens]]\nname = \"ops\"\nrole = \"operator\"\ntoken = \"ops-token-0123456789\"\n\n\
+                 [policy]\noperator_allow = [\"systemctl\"]\n\
+                 extra_deny = [{{ name = \"no_metadata\", pattern = \"169\\\\.254\" }}]\n",
+                tok.display()
+            ),
+        )
+        .unwrap();
+        let (_, cfg) = Config::load(&sources(
+            &["--config", &path.to_string_lossy()],
+            &[("DTMA_BEARER_TOKEN", "t")],
+        ))
+        .unwrap();
+        let cfg = cfg.unwrap();
+        let names: Vec<(&str, Role)> = cfg
+            .extra_tokens
+            .iter()
+            .map(|t| (t.name.as_str(), t.role))
+            .collect();
+        assert_eq!(
+            names,
+            [("oncall", Role::Diagnostics), ("ops", Role::Operator)]
+        );
+        assert_eq!(
+            cfg.extra_tokens[0].token.expose(),
+            "oncall-token-0123456789"
+        );
+        // Extra tokens are secrets too: scrubbed from children, never printed.
+        assert_eq!(cfg.secrets.len(), 3);
+        let policy = crate::policy::Policy::new(&cfg.policy).unwrap();
+        let d = policy.check(Role::Admin, "curl http://169.254.169.254/");
+        assert_eq!((d.allowed, d.rule.as_str()), (false, "no_metadata"));
+
+        std::fs::write(
+            &path,
+            "[[tokens]]\nname = \"x\"\nrole = \"root\"\ntoken = \"short\"\n",
+        )
+        .unwrap();
+        let err = Config::load(&sources(
+            &["--config", &path.to_string_lossy()],
+            &[("DTMA_BEARER_TOKEN", "t")],
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("root"), "{err}");
+        std::fs::write(
+            &path,
+            "[policy]\nextra_deny = [{ name = \"bad\", pattern = \"(\" }]\n",
+        )
+        .unwrap();
+        let err = Config::load(&sources(
+            &["--config", &path.to_string_lossy()],
+            &[("DTMA_BEARER_TOKEN", "t")],
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("bad"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn secrets_are_redacted_in_debug() {
         let cfg = Config::for_channel("super-secret-token", None);
         assert!(!format!("{cfg:?}").contains("super-secret-token"));

@@ -161,6 +161,9 @@ async fn without_a_backend_url_the_agent_runs_local_only() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_dtma"))
         .env_clear()
         .env("DTMA_BEARER_TOKEN", TOKEN)
+        .env("BACKEND_TO_DTMA_API_KEY", SECRET_KEY)
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DTMA_AUDIT_LOG", "-")
         .env("DTMA_LISTEN", "127.0.0.1:0")
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -184,14 +187,49 @@ async fn without_a_backend_url_the_agent_runs_local_only() {
     })
     .await;
     assert!(log.contains("running local-only"), "{log}");
-    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    use tokio::io::AsyncWriteExt;
-    tcp.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut resp = String::new();
-    tcp.read_to_string(&mut resp).await.unwrap();
-    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
-    assert!(resp.contains(r#""channel_configured":false"#), "{resp}");
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let r = common::http::request(addr, "GET", "/health", None, None).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["channel_configured"], false);
+
+    // The local API's commands get the same scrubbed environment as the channel's.
+    let auth = format!("Bearer {TOKEN}");
+    let r = common::http::request(
+        addr,
+        "POST",
+        "/ssh/execute",
+        Some(&auth),
+        Some(br#"{"command":"env"}"#),
+    )
+    .await;
+    let out = r.json()["stdout"].as_str().unwrap().to_owned();
+    assert!(out.contains("PATH="), "{out}");
+    for secret in [
+        TOKEN,
+        SECRET_KEY,
+        "DTMA_BEARER_TOKEN",
+        "BACKEND_TO_DTMA_API_KEY",
+    ] {
+        assert!(!out.contains(secret), "child saw {secret}");
+    }
+    // The agent's own log lines are served from memory.
+    let r =
+        common::http::request(addr, "GET", "/diagnostics/logs?lines=50", Some(&auth), None).await;
+    let logs = r.json()["logs"]["application_logs"].clone();
+    let lines: Vec<&str> = logs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l.as_str())
+        .collect();
+    assert!(
+        lines.iter().any(|l| l.contains("Local API listening")),
+        "{lines:?}"
+    );
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains(TOKEN) || l.contains(SECRET_KEY))
+    );
     child.start_kill().unwrap();
 }
