@@ -152,6 +152,39 @@ impl Agent {
         });
     }
 
+    /// MCP containers as the old HTTP heartbeat reported them; empty when Docker is unreachable
+    /// (or slower than 2 s: the heartbeat must not wait on it).
+    pub async fn tool_statuses(&self) -> Vec<dtma_protocol::ToolStatus> {
+        let list = tokio::time::timeout(Duration::from_secs(2), self.docker.containers(true)).await;
+        let Ok(Ok(list)) = list else {
+            return Vec::new();
+        };
+        list.into_iter()
+            .map(|c| dtma_protocol::ToolStatus {
+                account_tool_instance_id: c
+                    .labels
+                    .get(crate::docker::LABEL_INSTANCE_ID)
+                    .cloned()
+                    .unwrap_or_default(),
+                status_on_toolbox: match c.state.as_str() {
+                    "running" => "running",
+                    "created" | "restarting" => "starting",
+                    "removing" => "stopping",
+                    "exited" | "paused" => "stopped",
+                    _ => "error",
+                }
+                .to_owned(),
+                runtime_details: serde_json::json!({
+                    "container_id": c.id,
+                    "image": c.image,
+                    "state": c.state,
+                    "status": c.status,
+                }),
+                instance_name_on_toolbox: c.name,
+            })
+            .collect()
+    }
+
     /// The heartbeat (blocking: reads /proc).
     pub fn status(&self) -> dtma_protocol::Status {
         self.sampler

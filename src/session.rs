@@ -146,10 +146,18 @@ where
             _ = beat.tick() => {
                 let agent = agent.clone();
                 let ctl = ctl_tx.clone();
-                // sysinfo reads /proc: keep it off the reactor.
-                tokio::task::spawn_blocking(move || {
-                    let status = agent.status();
-                    let _ = ctl.try_send(text(&AgentMessage::Status(status)));
+                tokio::spawn(async move {
+                    let tools = agent.tool_statuses().await;
+                    // sysinfo reads /proc: keep it off the reactor.
+                    let status = tokio::task::spawn_blocking(move || {
+                        let mut status = agent.status();
+                        status.tool_statuses = tools;
+                        status
+                    })
+                    .await;
+                    if let Ok(status) = status {
+                        let _ = ctl.try_send(text(&AgentMessage::Status(status)));
+                    }
                 });
             }
             frame = rx.next() => {
