@@ -183,8 +183,8 @@ impl Default for ExecLimits {
 impl Default for StreamLimits {
     fn default() -> Self {
         StreamLimits {
-            initial_credit: 256 << 10,
-            buffer_bytes: 1 << 20,
+            initial_credit: 1 << 20,
+            buffer_bytes: 2 << 20,
             max_streams: 2048,
             remembered_ids: 65536,
         }

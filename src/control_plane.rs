@@ -56,7 +56,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             tokens: Vec::new(),
-            initial_credit: 256 << 10,
+            initial_credit: 1 << 20,
             heartbeat_interval_ms: None,
             protocol_version: PROTOCOL_VERSION,
         }
@@ -293,6 +293,9 @@ impl ControlPlane {
             id,
             rx,
             auto_credit: true,
+            window: limit,
+            consumed: 0,
+            granted: limit,
         })
     }
 
@@ -526,13 +529,37 @@ impl ControlPlane {
                 }
             }
         });
+        // Acks are cumulative: one per stream per burst of frames is enough.
+        let mut acks: HashMap<String, u64> = HashMap::new();
+        let mut burst = 0;
         loop {
-            let frame = tokio::select! {
-                _ = stop.cancelled() => break,
-                f = stream.next() => f,
+            let ready = if acks.is_empty() || burst >= 64 {
+                None
+            } else {
+                futures_util::FutureExt::now_or_never(stream.next())
             };
+            let frame = match ready {
+                Some(f) => f,
+                None => {
+                    for (id, seq) in acks.drain() {
+                        session.send_json(&BackendMessage::Control(Control::Ack(
+                            dtma_protocol::Ack { id, seq },
+                        )));
+                    }
+                    burst = 0;
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        f = stream.next() => f,
+                    }
+                }
+            };
+            burst += 1;
             match frame {
-                Some(Ok(Message::Text(t))) => self.on_event(&session, &t),
+                Some(Ok(Message::Text(t))) => {
+                    if let Some((id, seq)) = self.on_event(&session, &t) {
+                        acks.insert(id, seq);
+                    }
+                }
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
                 Some(Ok(_)) => {}
             }
@@ -551,12 +578,13 @@ impl ControlPlane {
         info!(agent_id = %agent_id, session_id = %session_id, "Agent disconnected.");
     }
 
-    fn on_event(&self, session: &Session, text: &Utf8Bytes) {
+    /// Deliver one agent frame; returns the `(id, seq)` to acknowledge.
+    fn on_event(&self, session: &Session, text: &Utf8Bytes) -> Option<(String, u64)> {
         let msg: AgentMessage = match serde_json::from_str(text.as_str()) {
             Ok(m) => m,
             Err(e) => {
                 warn!(error = %e, "Undecodable agent frame.");
-                return;
+                return None;
             }
         };
         let (id, seq, terminal) = match &msg {
@@ -568,12 +596,12 @@ impl ControlPlane {
                 (Some(id), Some(seq)) => (id.clone(), seq, true),
                 _ => {
                     let _ = self.inner.notices.send((session.agent_id.clone(), msg));
-                    return;
+                    return None;
                 }
             },
             AgentMessage::State(_) | AgentMessage::Status(_) | AgentMessage::Hello(_) => {
                 let _ = self.inner.notices.send((session.agent_id.clone(), msg));
-                return;
+                return None;
             }
         };
         let key = (session.agent_id.clone(), id.clone());
@@ -589,7 +617,7 @@ impl ControlPlane {
                 let expected = slot.highest.map_or(0, |h| h + 1);
                 if seq < expected {
                     self.inner.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                    return;
+                    return None;
                 }
                 if seq > expected {
                     self.inner.stats.gaps.fetch_add(1, Ordering::Relaxed);
@@ -602,10 +630,7 @@ impl ControlPlane {
             }
         }
         drop(slots);
-        session.send_json(&BackendMessage::Control(Control::Ack(dtma_protocol::Ack {
-            id,
-            seq,
-        })));
+        Some((id, seq))
     }
 }
 
@@ -616,6 +641,10 @@ pub struct StreamRx {
     id: String,
     rx: mpsc::UnboundedReceiver<AgentMessage>,
     auto_credit: bool,
+    /// The credit window kept ahead of what the consumer has read.
+    window: u64,
+    consumed: u64,
+    granted: u64,
 }
 
 impl StreamRx {
@@ -640,9 +669,27 @@ impl StreamRx {
         if self.auto_credit
             && let AgentMessage::Output(o) = &m
         {
-            self.grant(output_bytes(o).len() as u64);
+            // Keep a full window ahead of the consumer, topping up when half is used (one
+            // credit per half window, not one per event).
+            self.consumed += output_len(o);
+            if self.granted.saturating_sub(self.consumed) < self.window / 2 {
+                let more = self.consumed + self.window - self.granted;
+                self.granted += more;
+                self.grant(more);
+            }
         }
         Some(m)
+    }
+}
+
+/// The number of raw bytes an output event carries (without decoding it).
+pub fn output_len(o: &dtma_protocol::Output) -> u64 {
+    match o.encoding {
+        Encoding::Utf8 => o.data.len() as u64,
+        Encoding::Base64 => {
+            let pad = o.data.bytes().rev().take_while(|b| *b == b'=').count();
+            (o.data.len() / 4 * 3).saturating_sub(pad) as u64
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 //! The channel's sink applies credit and buffering; the local API's sink collects into memory.
 
 use std::collections::BTreeMap;
+use std::os::fd::AsFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -20,8 +21,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ExecLimits, Secret};
 
-/// Largest single read from a pipe (the Linux pipe buffer is 64 KiB by default).
-const READ_CHUNK: usize = 64 << 10;
+/// Largest single read from a pipe. Pipes are enlarged to [`PIPE_SIZE`] so a fast writer can
+/// get this far ahead; per-read costs (an event, a frame) then fall on bigger chunks.
+const READ_CHUNK: usize = 256 << 10;
+/// Read buffers start small and double up to [`READ_CHUNK`] when reads fill them, so a thousand
+/// commands that print a line now and then cost little memory.
+const FIRST_READ: usize = 16 << 10;
+/// Requested pipe capacity (Linux allows up to /proc/sys/fs/pipe-max-size, 1 MiB by default).
+const PIPE_SIZE: i32 = 1 << 20;
 
 /// Errors before the command ran. Once it runs, everything is reported in [`Outcome`].
 #[derive(Debug, thiserror::Error)]
@@ -174,6 +181,16 @@ pub async fn run<S: OutputSink>(
         });
     }
 
+    for fd in [
+        child.stdout.as_ref().map(|p| p.as_fd()),
+        child.stderr.as_ref().map(|p| p.as_fd()),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        // Best effort: a smaller pipe only means smaller reads.
+        let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
+    }
     let counters = Arc::new(Counters::default());
     // Set once the group has been killed: the reader stops waiting for credit and discards.
     let stopped = CancellationToken::new();
@@ -268,28 +285,29 @@ async fn pump<S: OutputSink>(
     max_output: u64,
     stopped: CancellationToken,
 ) {
-    let mut out_buf = vec![0u8; READ_CHUNK];
-    let mut err_buf = vec![0u8; READ_CHUNK];
+    let mut out_buf = vec![0u8; FIRST_READ];
+    let mut err_buf = vec![0u8; FIRST_READ];
     while stdout.is_some() || stderr.is_some() {
         let left = max_output.saturating_sub(counters.forwarded.load(Ordering::Relaxed));
         // Past the cap (or after a kill): keep the child unblocked and discard the rest.
         let discard = left == 0 || stopped.is_cancelled();
         let (want, reserved) = if discard {
-            (READ_CHUNK, 0)
+            (out_buf.len().max(err_buf.len()), 0)
         } else {
-            let want = READ_CHUNK.min(left as usize);
+            let want = out_buf.len().max(err_buf.len()).min(left as usize);
             tokio::select! {
                 n = sink.reserve(want) => (n.min(want), n),
                 _ = stopped.cancelled() => continue,
             }
         };
+        let (out_len, err_len) = (out_buf.len(), err_buf.len());
         let (fd, n) = tokio::select! {
-            n = read_some(&mut stdout, &mut out_buf[..want]) => (Fd::Stdout, n),
-            n = read_some(&mut stderr, &mut err_buf[..want]) => (Fd::Stderr, n),
+            n = read_some(&mut stdout, &mut out_buf[..want.min(out_len)]) => (Fd::Stdout, n),
+            n = read_some(&mut stderr, &mut err_buf[..want.min(err_len)]) => (Fd::Stderr, n),
         };
         let (total, buf, pipe) = match fd {
-            Fd::Stdout => (&counters.stdout, &out_buf, &mut stdout),
-            Fd::Stderr => (&counters.stderr, &err_buf, &mut stderr),
+            Fd::Stdout => (&counters.stdout, &mut out_buf, &mut stdout),
+            Fd::Stderr => (&counters.stderr, &mut err_buf, &mut stderr),
         };
         if n == 0 {
             *pipe = None;
@@ -304,6 +322,9 @@ async fn pump<S: OutputSink>(
         }
         counters.forwarded.fetch_add(n as u64, Ordering::Relaxed);
         sink.output(fd, &buf[..n], reserved);
+        if n == buf.len() && buf.len() < READ_CHUNK {
+            buf.resize(buf.len() * 2, 0);
+        }
     }
 }
 

@@ -232,9 +232,7 @@ where
                 },
                 batch = registry.next_batch(BATCH) => {
                     for frame in batch {
-                        let t = tungstenite::Utf8Bytes::try_from(frame)
-                            .map_err(|_| tungstenite::Error::Utf8("event frame".into()))?;
-                        tx.feed(Message::Text(t)).await?;
+                        tx.feed(Message::Text(frame)).await?;
                     }
                     tx.flush().await?;
                 }

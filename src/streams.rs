@@ -14,12 +14,12 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use base64::Engine as _;
-use bytes::Bytes;
 use dtma_protocol::{
-    AgentMessage, Encoding, ErrorCode, ErrorEvent, Fd, Output, ResumePoint, StateEvent,
-    StreamPhase, StreamResume,
+    AgentMessage, Encoding, ErrorCode, ErrorEvent, Fd, ResumePoint, StateEvent, StreamPhase,
+    StreamResume,
 };
 use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::StreamLimits;
@@ -28,10 +28,11 @@ use crate::config::StreamLimits;
 /// of tiny frames.
 const MIN_READ_SPACE: usize = 16 << 10;
 
-/// A serialised event waiting for its ack.
+/// A serialised event waiting for its ack. `Utf8Bytes` is tungstenite's cheaply clonable string:
+/// a resend clones a handle, and the writer hands it to the socket without validating it again.
 struct Frame {
     seq: u64,
-    text: Bytes,
+    text: Utf8Bytes,
 }
 
 struct Stream {
@@ -50,8 +51,6 @@ struct Stream {
     cancel: CancellationToken,
     /// Wakes a reader waiting for credit or buffer space.
     space: Arc<Notify>,
-    /// Bytes of an incomplete UTF-8 character at the end of the last chunk, per fd.
-    carry: [Vec<u8>; 2],
 }
 
 impl Stream {
@@ -155,18 +154,30 @@ impl Registry {
                 queued: false,
                 cancel,
                 space: space.clone(),
-                carry: [Vec::new(), Vec::new()],
             },
         );
         Ok(StreamHandle {
             registry: self.clone(),
             id: id.to_owned(),
             space,
+            carry: Mutex::new([Vec::new(), Vec::new()]),
         })
     }
 
     /// Append one event to stream `id`; `make` gets the event's seq.
     fn push(&self, g: &mut Inner, id: &str, make: impl FnOnce(u64) -> AgentMessage) {
+        self.push_bytes(g, id, |seq| match serde_json::to_string(&make(seq)) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                // Serialising our own types cannot fail; if it ever does, say so.
+                tracing::error!(request_id = id, error = %e, "Event serialisation failed.");
+                None
+            }
+        });
+    }
+
+    /// Append one serialised event; `make` gets the event's seq.
+    fn push_bytes(&self, g: &mut Inner, id: &str, make: impl FnOnce(u64) -> Option<String>) {
         let connected = g.connected;
         let Some(s) = g.streams.get_mut(id) else {
             return;
@@ -176,13 +187,8 @@ impl Registry {
             return;
         }
         let seq = s.next_seq;
-        let text = match serde_json::to_vec(&make(seq)) {
-            Ok(v) => Bytes::from(v),
-            Err(e) => {
-                // Serialising our own types cannot fail; if it ever does, say so in-band.
-                tracing::error!(request_id = id, error = %e, "Event serialisation failed.");
-                return;
-            }
+        let Some(text) = make(seq).map(Utf8Bytes::from) else {
+            return;
         };
         s.next_seq += 1;
         s.buffered += text.len();
@@ -196,7 +202,7 @@ impl Registry {
 
     /// Next frames to send, fairly across streams (a few frames per stream per turn).
     /// Waits until there is something to send.
-    pub async fn next_batch(&self, max_frames: usize) -> Vec<Bytes> {
+    pub async fn next_batch(&self, max_frames: usize) -> Vec<Utf8Bytes> {
         loop {
             let notified = self.writer.notified();
             tokio::pin!(notified);
@@ -332,7 +338,7 @@ impl Registry {
     }
 }
 
-fn take_batch(g: &mut Inner, max_frames: usize) -> Vec<Bytes> {
+fn take_batch(g: &mut Inner, max_frames: usize) -> Vec<Utf8Bytes> {
     const PER_TURN: usize = 4;
     let mut batch = Vec::new();
     while batch.len() < max_frames {
@@ -378,6 +384,9 @@ pub struct StreamHandle {
     registry: Arc<Registry>,
     id: String,
     space: Arc<Notify>,
+    /// Bytes of an incomplete UTF-8 character at the end of the last chunk, per fd. Only the
+    /// producer touches it, outside the registry lock.
+    carry: Mutex<[Vec<u8>; 2]>,
 }
 
 impl StreamHandle {
@@ -441,54 +450,70 @@ impl StreamHandle {
 
     /// Forward bytes from `fd`; return the unused part of a reservation.
     pub fn output(&self, fd: Fd, data: &[u8], reserved: usize) {
-        let mut g = self.registry.lock();
-        let inner = &mut *g;
-        let Some(s) = inner.streams.get_mut(&self.id) else {
-            return;
+        let unused = reserved.saturating_sub(data.len()) as u64;
+        let next_seq = {
+            let mut g = self.registry.lock();
+            let Some(s) = g.streams.get_mut(&self.id) else {
+                return;
+            };
+            s.used = s.used.saturating_sub(unused);
+            s.next_seq
         };
-        s.used = s
-            .used
-            .saturating_sub(reserved.saturating_sub(data.len()) as u64);
         if data.is_empty() {
             return;
         }
-        let chunks = split_utf8(&mut s.carry[fd_index(fd)], data);
-        for (encoding, text) in chunks {
-            let id = self.id.clone();
-            self.registry.push(inner, &self.id, |seq| {
-                AgentMessage::Output(Output {
-                    id,
-                    seq,
-                    fd,
-                    encoding,
-                    data: text,
-                })
+        // Serialise outside the registry lock (a payload can be 256 KiB). This handle is the
+        // stream's only producer (started, output, eof, then the terminal event, in that order
+        // from one task), so no other event can take the seqs read above.
+        let mut frames: Vec<(u64, String)> = Vec::with_capacity(1);
+        {
+            let mut carry = self.carry.lock().unwrap_or_else(|p| p.into_inner());
+            for_each_chunk(&mut carry[fd_index(fd)], data, |chunk| {
+                let seq = next_seq + frames.len() as u64;
+                frames.push((seq, output_frame(&self.id, seq, fd, chunk)));
+            });
+        }
+        let mut g = self.registry.lock();
+        for (seq, frame) in frames {
+            self.registry.push_bytes(&mut g, &self.id, |actual| {
+                if actual != seq {
+                    tracing::error!(request_id = %self.id, seq, actual, "Two producers on one stream; output event dropped.");
+                    return None;
+                }
+                Some(frame)
             });
         }
     }
 
     /// `fd` reached end of file: flush an incomplete trailing character as base64.
     pub fn eof(&self, fd: Fd) {
-        let mut g = self.registry.lock();
-        let inner = &mut *g;
-        let Some(s) = inner.streams.get_mut(&self.id) else {
-            return;
+        let rest = {
+            let mut carry = self.carry.lock().unwrap_or_else(|p| p.into_inner());
+            std::mem::take(&mut carry[fd_index(fd)])
         };
-        let rest = std::mem::take(&mut s.carry[fd_index(fd)]);
         if rest.is_empty() {
             return;
         }
-        let id = self.id.clone();
-        self.registry.push(inner, &self.id, |seq| {
-            AgentMessage::Output(Output {
-                id,
-                seq,
-                fd,
-                encoding: Encoding::Base64,
-                data: base64::engine::general_purpose::STANDARD.encode(&rest),
-            })
+        let mut g = self.registry.lock();
+        self.registry.push_bytes(&mut g, &self.id, |seq| {
+            Some(output_frame(&self.id, seq, fd, Chunk::Binary(&rest)))
         });
     }
+}
+
+/// The JSON of one output chunk.
+fn output_frame(id: &str, seq: u64, fd: Fd, chunk: Chunk<'_>) -> String {
+    match chunk {
+        Chunk::Text(text) => dtma_protocol::fast::output_utf8(id, seq, fd, text),
+        Chunk::Binary(bytes) => dtma_protocol::fast::output_base64(id, seq, fd, bytes),
+    }
+}
+
+/// A piece of output ready to encode: text (valid UTF-8, whole characters) or other bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunk<'a> {
+    Text(&'a str),
+    Binary(&'a [u8]),
 }
 
 fn fd_index(fd: Fd) -> usize {
@@ -498,9 +523,10 @@ fn fd_index(fd: Fd) -> usize {
     }
 }
 
-/// Split `carry + data` into chunks that never cut a UTF-8 character: valid text as `utf8`,
-/// anything that is not UTF-8 as `base64`. An incomplete character at the end is carried over.
-pub fn split_utf8(carry: &mut Vec<u8>, data: &[u8]) -> Vec<(Encoding, String)> {
+/// Split `carry + data` into chunks that never cut a UTF-8 character: valid text as
+/// [`Chunk::Text`], anything that is not UTF-8 as [`Chunk::Binary`]. An incomplete character at
+/// the end is carried over. Emits at most one chunk per call.
+pub fn for_each_chunk(carry: &mut Vec<u8>, data: &[u8], mut emit: impl FnMut(Chunk<'_>)) {
     let joined;
     let buf: &[u8] = if carry.is_empty() {
         data
@@ -511,21 +537,34 @@ pub fn split_utf8(carry: &mut Vec<u8>, data: &[u8]) -> Vec<(Encoding, String)> {
         &joined
     };
     match std::str::from_utf8(buf) {
-        Ok(text) => vec![(Encoding::Utf8, text.to_owned())],
+        Ok(text) => emit(Chunk::Text(text)),
         Err(e) if e.error_len().is_none() => {
             // Only the tail is incomplete: send the valid prefix, keep the tail (<= 3 bytes).
             let (valid, tail) = buf.split_at(e.valid_up_to());
             *carry = tail.to_vec();
-            match std::str::from_utf8(valid) {
-                Ok(text) if !text.is_empty() => vec![(Encoding::Utf8, text.to_owned())],
-                _ => Vec::new(),
+            if let Ok(text) = std::str::from_utf8(valid)
+                && !text.is_empty()
+            {
+                emit(Chunk::Text(text));
             }
         }
-        Err(_) => vec![(
-            Encoding::Base64,
-            base64::engine::general_purpose::STANDARD.encode(buf),
-        )],
+        Err(_) => emit(Chunk::Binary(buf)),
     }
+}
+
+/// [`for_each_chunk`] with owned, encoded chunks (for sinks that build their own events).
+pub fn split_utf8(carry: &mut Vec<u8>, data: &[u8]) -> Vec<(Encoding, String)> {
+    let mut out = Vec::new();
+    for_each_chunk(carry, data, |chunk| {
+        out.push(match chunk {
+            Chunk::Text(t) => (Encoding::Utf8, t.to_owned()),
+            Chunk::Binary(b) => (
+                Encoding::Base64,
+                base64::engine::general_purpose::STANDARD.encode(b),
+            ),
+        });
+    });
+    out
 }
 
 #[cfg(test)]
@@ -594,7 +633,7 @@ mod tests {
         );
         let again = reg.next_batch(100).await;
         assert_eq!(again.len(), 2);
-        assert!(String::from_utf8_lossy(&again[0]).contains(r#""seq":3"#));
+        assert!(again[0].as_str().contains(r#""seq":3"#));
     }
 
     #[tokio::test]

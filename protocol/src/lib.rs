@@ -711,3 +711,218 @@ mod tests {
         assert_eq!(decode_backend(&text).unwrap(), c);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The hot path: `output` events written without serde
+// ---------------------------------------------------------------------------------------------
+
+/// Fast serialisation of the most frequent event. Produces the same JSON as serde would for
+/// [`AgentMessage::Output`] (tests check it), but escapes the payload eight bytes at a time.
+pub mod fast {
+    use super::{Encoding, Fd};
+
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+    /// True when any byte of `w` is below 0x20, a `"` or a `\`.
+    #[inline]
+    fn needs_escape(w: u64) -> bool {
+        let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGHS;
+        let q = w ^ (ONES * u64::from(b'"'));
+        let quote = q.wrapping_sub(ONES) & !q & HIGHS;
+        let b = w ^ (ONES * u64::from(b'\\'));
+        let backslash = b.wrapping_sub(ONES) & !b & HIGHS;
+        (below_space | quote | backslash) != 0
+    }
+
+    /// Append `s` as a JSON string literal (quotes included).
+    pub fn json_string(out: &mut String, s: &str) {
+        let bytes = s.as_bytes();
+        out.reserve(bytes.len() + 2 + bytes.len() / 16);
+        out.push('"');
+        let mut clean_from = 0;
+        let mut i = 0;
+        while i < bytes.len() {
+            if let Some(word) = bytes.get(i..i + 8) {
+                let mut arr = [0u8; 8];
+                arr.copy_from_slice(word);
+                if !needs_escape(u64::from_le_bytes(arr)) {
+                    i += 8;
+                    continue;
+                }
+            }
+            let end = (i + 8).min(bytes.len());
+            while i < end {
+                let c = bytes[i];
+                let esc = match c {
+                    b'"' => "\\\"",
+                    b'\\' => "\\\\",
+                    b'\n' => "\\n",
+                    b'\r' => "\\r",
+                    b'\t' => "\\t",
+                    0x08 => "\\b",
+                    0x0c => "\\f",
+                    c if c < 0x20 => "",
+                    _ => {
+                        i += 1;
+                        continue;
+                    }
+                };
+                // `i` is at an ASCII byte, so both ends of the clean run are char boundaries.
+                out.push_str(s.get(clean_from..i).unwrap_or_default());
+                if esc.is_empty() {
+                    const HEX: &[u8; 16] = b"0123456789abcdef";
+                    out.push_str("\\u00");
+                    out.push(char::from(HEX[usize::from(c >> 4)]));
+                    out.push(char::from(HEX[usize::from(c & 0xf)]));
+                } else {
+                    out.push_str(esc);
+                }
+                i += 1;
+                clean_from = i;
+            }
+        }
+        out.push_str(s.get(clean_from..).unwrap_or_default());
+        out.push('"');
+    }
+
+    /// The JSON of an `output` event whose payload is valid UTF-8 text.
+    pub fn output_utf8(id: &str, seq: u64, fd: Fd, text: &str) -> String {
+        let mut out = head(id, seq, fd, Encoding::Utf8, text.len());
+        json_string(&mut out, text);
+        out.push('}');
+        out
+    }
+
+    /// The JSON of an `output` event carrying `raw` as base64.
+    pub fn output_base64(id: &str, seq: u64, fd: Fd, raw: &[u8]) -> String {
+        let mut out = head(id, seq, fd, Encoding::Base64, raw.len() / 3 * 4 + 4);
+        out.push('"');
+        base64_into(&mut out, raw);
+        out.push_str("\"}");
+        out
+    }
+
+    fn head(id: &str, seq: u64, fd: Fd, enc: Encoding, payload: usize) -> String {
+        let mut out = String::with_capacity(payload + payload / 16 + 96 + id.len());
+        out.push_str("{\"type\":\"output\",\"id\":");
+        json_string(&mut out, id);
+        out.push_str(",\"seq\":");
+        out.push_str(&seq.to_string());
+        out.push_str(match fd {
+            Fd::Stdout => ",\"fd\":\"stdout\"",
+            Fd::Stderr => ",\"fd\":\"stderr\"",
+        });
+        out.push_str(match enc {
+            Encoding::Utf8 => ",\"encoding\":\"utf8\",\"data\":",
+            Encoding::Base64 => ",\"encoding\":\"base64\",\"data\":",
+        });
+        out
+    }
+
+    /// Standard base64 with padding (RFC 4648), appended to `out`.
+    pub fn base64_into(out: &mut String, raw: &[u8]) {
+        const ALPHABET: &[u8; 64] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let sym = |v: u32| char::from(ALPHABET[(v & 63) as usize]);
+        out.reserve(raw.len() / 3 * 4 + 4);
+        let mut chunks = raw.chunks_exact(3);
+        for c in &mut chunks {
+            let v = u32::from(c[0]) << 16 | u32::from(c[1]) << 8 | u32::from(c[2]);
+            for ch in [sym(v >> 18), sym(v >> 12), sym(v >> 6), sym(v)] {
+                out.push(ch);
+            }
+        }
+        match *chunks.remainder() {
+            [a] => {
+                let v = u32::from(a) << 16;
+                for ch in [sym(v >> 18), sym(v >> 12), '=', '='] {
+                    out.push(ch);
+                }
+            }
+            [a, b] => {
+                let v = u32::from(a) << 16 | u32::from(b) << 8;
+                for ch in [sym(v >> 18), sym(v >> 12), sym(v >> 6), '='] {
+                    out.push(ch);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod fast_tests {
+    use super::*;
+
+    fn serde_output(
+        id: &str,
+        seq: u64,
+        fd: Fd,
+        encoding: Encoding,
+        data: String,
+    ) -> serde_json::Value {
+        serde_json::to_value(AgentMessage::Output(Output {
+            id: id.into(),
+            seq,
+            fd,
+            encoding,
+            data,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn utf8_frames_equal_serde_for_every_escape_and_alignment() {
+        let mut all_controls = String::new();
+        for c in 0u8..0x20 {
+            all_controls.push(char::from(c));
+        }
+        let samples = [
+            String::new(),
+            "a".into(),
+            "plain text without escapes, long enough to span words".into(),
+            "line\n".repeat(9),
+            "quote\"back\\slash".into(),
+            all_controls,
+            "héllo ✓ 𝄞 \u{7f} end".into(),
+            "x".repeat(7) + "\n" + &"y".repeat(9) + "\"",
+        ];
+        for (i, s) in samples.iter().enumerate() {
+            for shift in 0..9 {
+                let text = format!("{}{s}", "-".repeat(shift));
+                let id = format!("id\"{i}\\");
+                let fast = fast::output_utf8(&id, 42, Fd::Stderr, &text);
+                let parsed: serde_json::Value = serde_json::from_str(&fast).unwrap();
+                assert_eq!(
+                    parsed,
+                    serde_output(&id, 42, Fd::Stderr, Encoding::Utf8, text.clone())
+                );
+                let back: AgentMessage = serde_json::from_str(&fast).unwrap();
+                assert!(matches!(back, AgentMessage::Output(ref o) if o.data == text));
+            }
+        }
+    }
+
+    #[test]
+    fn base64_frames_equal_serde() {
+        let std_b64 = |raw: &[u8]| {
+            let mut out = String::new();
+            fast::base64_into(&mut out, raw);
+            out
+        };
+        assert_eq!(std_b64(b""), "");
+        assert_eq!(std_b64(b"f"), "Zg==");
+        assert_eq!(std_b64(b"fo"), "Zm8=");
+        assert_eq!(std_b64(b"foo"), "Zm9v");
+        assert_eq!(std_b64(b"foobar"), "Zm9vYmFy");
+        assert_eq!(std_b64(&[0xff, 0xfe, 0x00]), "//4A");
+        let raw = [0xffu8, 0x00, 0x80, 0x41];
+        let fast = fast::output_base64("r", 1, Fd::Stdout, &raw);
+        let parsed: serde_json::Value = serde_json::from_str(&fast).unwrap();
+        assert_eq!(
+            parsed,
+            serde_output("r", 1, Fd::Stdout, Encoding::Base64, std_b64(&raw))
+        );
+    }
+}
