@@ -102,23 +102,19 @@ impl Agent {
         if !decision.allowed {
             info!(source, caller = %caller.name, rule = %decision.rule, request_id, "Command denied by policy.");
         }
-        self.audit.write(&Record {
-            time: crate::now_rfc3339(),
+        let verdict = if decision.allowed {
+            "allowed"
+        } else {
+            "denied"
+        };
+        self.audit.write(&audit_record(
             source,
-            caller: &caller.name,
-            role: role_name(caller.role),
-            command,
-            decision: if decision.allowed {
-                "allowed"
-            } else {
-                "denied"
-            },
-            rule: &decision.rule,
+            caller,
             request_id,
-            exit_code: None,
-            signal: None,
-            duration_ms: None,
-        });
+            command,
+            (verdict, &decision.rule),
+            None,
+        ));
         decision
     }
 
@@ -131,25 +127,21 @@ impl Agent {
         command: &str,
         outcome: &Outcome,
     ) {
-        self.audit.write(&Record {
-            time: crate::now_rfc3339(),
+        let how = if outcome.timed_out {
+            "timed_out"
+        } else if outcome.cancelled {
+            "cancelled"
+        } else {
+            "exited"
+        };
+        self.audit.write(&audit_record(
             source,
-            caller: &caller.name,
-            role: role_name(caller.role),
-            command,
-            decision: "finished",
-            rule: if outcome.timed_out {
-                "timed_out"
-            } else if outcome.cancelled {
-                "cancelled"
-            } else {
-                "exited"
-            },
+            caller,
             request_id,
-            exit_code: outcome.exit_code,
-            signal: outcome.signal,
-            duration_ms: Some(outcome.duration.as_millis() as u64),
-        });
+            command,
+            ("finished", how),
+            Some(outcome),
+        ));
     }
 
     /// MCP containers as the old HTTP heartbeat reported them; empty when Docker is unreachable
@@ -189,6 +181,29 @@ impl Agent {
     pub fn status(&self) -> dtma_protocol::Status {
         self.sampler
             .status(self.started.elapsed().as_secs(), self.registry.counts())
+    }
+}
+
+fn audit_record<'a>(
+    source: &'a str,
+    caller: &'a Caller,
+    request_id: Option<&'a str>,
+    command: &'a str,
+    (decision, rule): (&'a str, &'a str),
+    outcome: Option<&Outcome>,
+) -> Record<'a> {
+    Record {
+        time: crate::now_rfc3339(),
+        source,
+        caller: &caller.name,
+        role: role_name(caller.role),
+        command,
+        decision,
+        rule,
+        request_id,
+        exit_code: outcome.and_then(|o| o.exit_code),
+        signal: outcome.and_then(|o| o.signal),
+        duration_ms: outcome.map(|o| o.duration.as_millis() as u64),
     }
 }
 

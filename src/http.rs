@@ -144,11 +144,7 @@ pub fn routes(
         .and(auth.clone())
         .and_then(|a: Arc<Agent>, _c: Caller| async move {
             let d = a.docker.diagnostics().await.map_err(docker_unavailable)?;
-            Ok::<_, Rejection>(warp::reply::json(&serde_json::json!({
-                "success": true,
-                "diagnostics": d,
-                "timestamp": crate::now_rfc3339(),
-            })))
+            Ok::<_, Rejection>(success("diagnostics", d))
         });
     let diag_system = warp::path!("diagnostics" / "system")
         .and(warp::get())
@@ -164,11 +160,7 @@ pub fn routes(
                         e.to_string(),
                     ))
                 })?;
-            Ok::<_, Rejection>(warp::reply::json(&serde_json::json!({
-                "success": true,
-                "diagnostics": d,
-                "timestamp": crate::now_rfc3339(),
-            })))
+            Ok::<_, Rejection>(success("diagnostics", d))
         });
     let diag_logs = warp::path!("diagnostics" / "logs")
         .and(warp::get())
@@ -204,6 +196,15 @@ pub fn routes(
             );
         }))
         .recover(handle_rejection)
+}
+
+/// `{"success": true, <key>: <value>, "timestamp": ...}`, the seed's envelope.
+fn success(key: &str, value: serde_json::Value) -> warp::reply::Response {
+    let mut body = serde_json::Map::new();
+    body.insert("success".into(), true.into());
+    body.insert(key.into(), value);
+    body.insert("timestamp".into(), crate::now_rfc3339().into());
+    warp::reply::json(&serde_json::Value::Object(body)).into_response()
 }
 
 fn health_body(a: &Agent) -> serde_json::Value {
@@ -347,13 +348,7 @@ async fn logs(
             }
         },
     };
-    let logs = crate::diagnostics::logs(&a, lines).await;
-    Ok(warp::reply::json(&serde_json::json!({
-        "success": true,
-        "logs": logs,
-        "timestamp": crate::now_rfc3339(),
-    }))
-    .into_response())
+    Ok(success("logs", crate::diagnostics::logs(&a, lines).await))
 }
 
 async fn execute(
@@ -395,12 +390,22 @@ async fn execute(
     }
     let sink = Arc::new(Collect::default());
     let command = spec.command.clone();
+    // A client that goes away takes its command with it (when hyper notices the close, it
+    // drops this future, and the guard cancels the command).
+    let client_gone = cancel.clone().drop_guard();
     let outcome = a
         .tracker
         .spawn({
             let a = a.clone();
             let sink = sink.clone();
-            async move { exec::run(spec, &a.config.exec, &a.config.secrets, sink, cancel).await }
+            let command = command.clone();
+            async move {
+                let r = exec::run(spec, &a.config.exec, &a.config.secrets, sink, cancel).await;
+                if let Ok(o) = &r {
+                    a.audit_outcome("http", &caller, None, &command, o);
+                }
+                r
+            }
         })
         .await
         .map_err(|e| {
@@ -420,7 +425,7 @@ async fn execute(
                 .with("command", command.clone()),
             )
         })?;
-    a.audit_outcome("http", &caller, None, &command, &outcome);
+    client_gone.disarm();
     let (stdout, stderr) = sink.take();
     Ok(warp::reply::json(&serde_json::json!({
         "success": outcome.exit_code == Some(0) && !outcome.timed_out,

@@ -701,6 +701,67 @@ mod tests {
     }
 
     #[test]
+    fn hostile_frames_never_panic() {
+        // Deterministic xorshift so a failure reproduces.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let pieces = [
+            "{",
+            "}",
+            "[",
+            "]",
+            ",",
+            ":",
+            "\"",
+            "\"type\"",
+            "\"id\"",
+            "\"exec\"",
+            "\"ack\"",
+            "\"command\"",
+            "\"seq\"",
+            "\"credit\"",
+            "\"limit\"",
+            "\"welcome\"",
+            "null",
+            "true",
+            "-1",
+            "1e999",
+            "18446744073709551616",
+            "\"\\u0000\"",
+            "\"\\ud800\"",
+            "\"é\"",
+            " ",
+            "\"expires_at\"",
+            "\"2020-01-01T00:00:00Z\"",
+            "{\"type\":\"exec\",\"id\":\"a\",",
+        ];
+        for _ in 0..20_000 {
+            let n = (next() % 24) as usize;
+            let text: String = (0..n)
+                .map(|_| pieces[(next() % pieces.len() as u64) as usize])
+                .collect();
+            if let Err(e) = decode_backend(&text) {
+                let _ = e.to_event();
+            }
+        }
+        let deep = "[".repeat(100_000);
+        assert_eq!(
+            decode_backend(&deep).unwrap_err().code(),
+            ErrorCode::MalformedJson
+        );
+        let deep_obj = format!(
+            "{{\"type\":\"exec\",\"id\":\"d\",\"command\":{}",
+            "[".repeat(100_000)
+        );
+        assert!(decode_backend(&deep_obj).is_err());
+    }
+
+    #[test]
     fn control_round_trips() {
         let c = BackendMessage::Control(Control::Credit(Credit {
             id: "x".into(),

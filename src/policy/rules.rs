@@ -3206,24 +3206,29 @@ fn firewall_rules(inv: &Inv) -> Verdict {
     }
 }
 
+/// awk's options (those of gawk, mawk and busybox awk that take a value).
+fn awk_args(args: &[Word]) -> Args<'_> {
+    parse_args(
+        args,
+        "FvfWoEil",
+        &[
+            "file",
+            "assign",
+            "field-separator",
+            "include",
+            "load",
+            "exec",
+        ],
+        true,
+    )
+}
+
 /// awk programs with `system()`/pipes and GNU sed's `e` command run shell commands.
 fn awk_sed_rules(inv: &Inv, ctx: &Ctx) -> Verdict {
     let name = inv.name.as_str();
     let args = inv.args();
     if matches!(name, "awk" | "gawk" | "mawk" | "nawk") {
-        let a = parse_args(
-            args,
-            "FvfWoEil",
-            &[
-                "file",
-                "assign",
-                "field-separator",
-                "include",
-                "load",
-                "exec",
-            ],
-            true,
-        );
+        let a = awk_args(args);
         if a.has('f') || a.has('E') || a.has_long("file") || a.has_long("exec") {
             return Ok(());
         }
@@ -3754,19 +3759,7 @@ fn diagnostics_allows(inv: &Inv) -> Result<(), String> {
             }
         }
         "awk" | "gawk" | "mawk" | "nawk" => {
-            let a = parse_args(
-                args,
-                "FvfWoEil",
-                &[
-                    "file",
-                    "assign",
-                    "field-separator",
-                    "include",
-                    "load",
-                    "exec",
-                ],
-                true,
-            );
+            let a = awk_args(args);
             if a.has('f') || a.has('E') || a.has('o') || a.has_long("file") || a.has_long("exec") {
                 return no(format!("`{name}` with program files is not allowed"));
             }
