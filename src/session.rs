@@ -73,16 +73,20 @@ where
         streams: agent.registry.hello_streams(),
         max_frame_bytes: chan.max_frame_bytes as u64,
     });
-    if let Err(e) = tx.send(text(&hello)).await {
-        return SessionEnd::Failed(format!("sending hello: {e}"));
-    }
+    // The whole handshake (hello out, welcome in) runs under the connect timeout.
+    let handshake = async {
+        tx.send(text(&hello))
+            .await
+            .map_err(|e| SessionEnd::Failed(format!("sending hello: {e}")))?;
+        read_welcome(&mut rx).await
+    };
     let welcome = tokio::select! {
         _ = stop.cancelled() => return SessionEnd::Shutdown,
-        w = tokio::time::timeout(chan.connect_timeout, read_welcome(&mut rx)) => match w {
+        w = tokio::time::timeout(chan.connect_timeout, handshake) => match w {
             Ok(Ok(w)) => w,
             Ok(Err(end)) => {
                 if matches!(end, SessionEnd::Failed(_)) {
-                    let _ = tx.send(close(close_code::PROTOCOL_ERROR, "expected `welcome`")).await;
+                    say_goodbye(&mut tx, close_code::PROTOCOL_ERROR, "expected `welcome`").await;
                 }
                 return end;
             }
@@ -94,9 +98,7 @@ where
             "the backend speaks protocol {}, this agent {}",
             welcome.protocol_version, PROTOCOL_VERSION
         );
-        let _ = tx
-            .send(close(close_code::UNSUPPORTED_VERSION, &reason))
-            .await;
+        say_goodbye(&mut tx, close_code::UNSUPPORTED_VERSION, &reason).await;
         return SessionEnd::Incompatible(reason);
     }
     info!(session_id = %welcome.session_id, resumed = welcome.resume.len(), "Channel connected.");
@@ -125,6 +127,9 @@ where
     let mut ping =
         tokio::time::interval_at(Instant::now() + chan.ping_interval, chan.ping_interval);
     let mut beat = tokio::time::interval_at(Instant::now(), heartbeat);
+    // After a stall, carry on at the normal pace rather than firing the missed ticks at once.
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let end = loop {
         tokio::select! {
             _ = stop.cancelled() => break SessionEnd::Shutdown,
@@ -206,9 +211,17 @@ where
         },
     };
     if let (Some((code, reason)), Some(Ok((mut tx, _)))) = (goodbye, joined) {
-        let _ = tokio::time::timeout(Duration::from_secs(2), tx.send(close(code, reason))).await;
+        say_goodbye(&mut tx, code, reason).await;
     }
     end
+}
+
+/// Send a close frame, but never wait long for a peer that does not read.
+async fn say_goodbye<W>(tx: &mut W, code: u16, reason: &str)
+where
+    W: Sink<Message, Error = tungstenite::Error> + Unpin,
+{
+    let _ = tokio::time::timeout(Duration::from_secs(2), tx.send(close(code, reason))).await;
 }
 
 /// Write unsequenced messages first, then stream events in fair batches, until stopped.

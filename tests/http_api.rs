@@ -565,3 +565,29 @@ async fn every_decision_is_audited_without_secrets() {
     drop(l);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn repeated_auth_failures_from_one_address_are_slowed_down() {
+    let l = Local::start(local_config(None)).await;
+    let wrong = "Bearer not-the-token-0000000000";
+    for _ in 0..5 {
+        let r = request(l.addr, "GET", "/status", Some(wrong), None).await;
+        assert_eq!(r.status, 401);
+    }
+    // The sixth and seventh failures are held back (250 ms, then 500 ms): a lower bound only.
+    for min in [250, 500] {
+        let start = Instant::now();
+        let r = request(l.addr, "GET", "/status", Some(wrong), None).await;
+        assert_eq!(r.status, 401);
+        assert!(
+            start.elapsed() >= Duration::from_millis(min),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+    // The right token still gets in at once, and clears the record.
+    assert_eq!(l.get("/status", Some(TOKEN)).await.status, 200);
+    let start = Instant::now();
+    request(l.addr, "GET", "/status", Some(wrong), None).await;
+    assert!(start.elapsed() < Duration::from_millis(250));
+}
