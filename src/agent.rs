@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use tokio_tungstenite::tungstenite::{self, Message};
+
 use dtma_protocol::close_code;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -215,6 +217,32 @@ pub fn role_name(role: Role) -> &'static str {
     }
 }
 
+/// How the channel reaches the backend. Production dials TCP + TLS + WebSocket
+/// ([`TlsDialer`]); tests can hand the state machine in-memory links.
+pub trait Dialer: Send + Sync {
+    type Link: futures_util::Sink<Message, Error = tungstenite::Error>
+        + futures_util::Stream<Item = Result<Message, tungstenite::Error>>
+        + Unpin
+        + Send
+        + 'static;
+    fn dial(&self, url: &str)
+    -> impl Future<Output = Result<Self::Link, crate::tls::Error>> + Send;
+}
+
+/// The real dialer: TCP, rustls, WebSocket upgrade with the bearer token.
+pub struct TlsDialer {
+    token: crate::config::Secret,
+    chan: ChannelConfig,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl Dialer for TlsDialer {
+    type Link = crate::tls::Ws;
+    async fn dial(&self, url: &str) -> Result<Self::Link, crate::tls::Error> {
+        crate::tls::dial(url, &self.token, &self.chan, self.tls.clone()).await
+    }
+}
+
 /// Keep the channel up until `stop` is cancelled.
 pub async fn channel_loop(agent: Arc<Agent>, chan: ChannelConfig, stop: CancellationToken) {
     let tls = match crate::tls::client_config(chan.ca_file.as_deref()) {
@@ -225,9 +253,25 @@ pub async fn channel_loop(agent: Arc<Agent>, chan: ChannelConfig, stop: Cancella
             return;
         }
     };
+    let dialer = TlsDialer {
+        token: agent.config.bearer_token.clone(),
+        chan: chan.clone(),
+        tls,
+    };
+    run_channel(agent, chan, stop, dialer).await
+}
+
+/// The reconnect state machine over any [`Dialer`].
+pub async fn run_channel<D: Dialer>(
+    agent: Arc<Agent>,
+    chan: ChannelConfig,
+    stop: CancellationToken,
+    dialer: D,
+) {
     let mut backoff = Backoff::new(chan.backoff_base, chan.backoff_cap);
     let mut url = chan.url.clone();
-    let mut down_since = Instant::now();
+    // tokio's clock, so tests can run the state machine on paused time.
+    let mut down_since = tokio::time::Instant::now();
     let mut orphans_cancelled = false;
     let mut wait = Duration::ZERO;
     loop {
@@ -236,32 +280,33 @@ pub async fn channel_loop(agent: Arc<Agent>, chan: ChannelConfig, stop: Cancella
                 delay_ms = wait.as_millis() as u64,
                 "Channel disconnected; waiting before redial."
             );
+        }
+        // Wait out the delay in full; the orphan grace may expire during it (then running
+        // commands are cancelled and the wait goes on).
+        let redial_at = tokio::time::Instant::now() + wait;
+        loop {
             let grace_left = chan.orphan_grace.saturating_sub(down_since.elapsed());
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(wait) => {}
-                _ = tokio::time::sleep(grace_left), if !orphans_cancelled => {}
+                _ = tokio::time::sleep_until(redial_at) => break,
+                _ = tokio::time::sleep(grace_left), if !orphans_cancelled => {
+                    let (running, _) = agent.registry.counts();
+                    if running > 0 {
+                        warn!(
+                            running,
+                            grace_s = chan.orphan_grace.as_secs(),
+                            "Link down past the grace period; cancelling running commands."
+                        );
+                    }
+                    agent.registry.cancel_all();
+                    orphans_cancelled = true;
+                }
             }
-        }
-        if stop.is_cancelled() {
-            return;
-        }
-        if !orphans_cancelled && down_since.elapsed() >= chan.orphan_grace {
-            let (running, _) = agent.registry.counts();
-            if running > 0 {
-                warn!(
-                    running,
-                    grace_s = chan.orphan_grace.as_secs(),
-                    "Link down past the grace period; cancelling running commands."
-                );
-            }
-            agent.registry.cancel_all();
-            orphans_cancelled = true;
         }
         info!(%url, "Channel connecting.");
         let ws = tokio::select! {
             _ = stop.cancelled() => return,
-            ws = crate::tls::dial(&url, &agent.config.bearer_token, &chan, tls.clone()) => ws,
+            ws = dialer.dial(&url) => ws,
         };
         let ws = match ws {
             Ok(ws) => ws,
@@ -275,11 +320,11 @@ pub async fn channel_loop(agent: Arc<Agent>, chan: ChannelConfig, stop: Cancella
                 continue;
             }
         };
-        let up_at = Instant::now();
+        let up_at = tokio::time::Instant::now();
         agent.link_up.store(true, Ordering::Relaxed);
         let end = session::run(ws, &agent, &chan, &stop).await;
         agent.link_up.store(false, Ordering::Relaxed);
-        down_since = Instant::now();
+        down_since = tokio::time::Instant::now();
         orphans_cancelled = false;
         if up_at.elapsed() >= chan.healthy_after {
             backoff.reset();

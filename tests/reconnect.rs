@@ -1,0 +1,165 @@
+//! The reconnect state machine on paused time: backoff growth, server-directed delays, the
+//! slow return after a replacement, and the reset after a healthy link. The links are
+//! in-memory WebSockets to a scripted backend (the dialer is the state machine's seam).
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use dtma::agent::{Agent, Dialer, run_channel};
+use dtma::config::{ChannelConfig, Config};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::DuplexStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    /// The dial fails (connection refused).
+    Refuse,
+    /// Handshake, then `reconnect {after_ms}`.
+    Redirect(u64),
+    /// Handshake, then close 4002 (replaced by a newer session).
+    Replaced,
+    /// Handshake, keep the link (answering pings) for this long, then close normally.
+    Stay(Duration),
+}
+
+struct Scripted {
+    steps: Mutex<VecDeque<Step>>,
+    dials: watch::Sender<Vec<Instant>>,
+}
+
+impl Dialer for Scripted {
+    type Link = WebSocketStream<DuplexStream>;
+    async fn dial(&self, _url: &str) -> Result<Self::Link, dtma::tls::Error> {
+        self.dials.send_modify(|d| d.push(Instant::now()));
+        let step = self
+            .steps
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or(Step::Refuse);
+        let refused = || {
+            dtma::tls::Error::WebSocket(tungstenite::Error::Io(
+                std::io::ErrorKind::ConnectionRefused.into(),
+            ))
+        };
+        if let Step::Refuse = step {
+            return Err(refused());
+        }
+        let (client, server) = tokio::io::duplex(1 << 20);
+        tokio::spawn(backend(server, step));
+        Ok(WebSocketStream::from_raw_socket(client, Role::Client, None).await)
+    }
+}
+
+async fn backend(io: DuplexStream, step: Step) {
+    let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+    let Some(Ok(hello)) = ws.next().await else {
+        return;
+    };
+    assert!(hello.to_text().unwrap().contains(r#""type":"hello""#));
+    ws.send(Message::text(
+        r#"{"type":"welcome","protocol_version":1,"session_id":"s"}"#,
+    ))
+    .await
+    .unwrap();
+    let close = |code: u16| {
+        Message::Close(Some(CloseFrame {
+            code: CloseCode::from(code),
+            reason: "scripted".into(),
+        }))
+    };
+    match step {
+        Step::Refuse => {}
+        Step::Redirect(ms) => {
+            let m = format!(r#"{{"type":"reconnect","after_ms":{ms}}}"#);
+            ws.send(Message::text(m)).await.unwrap();
+        }
+        Step::Replaced => {
+            let _ = ws.send(close(4002)).await;
+        }
+        Step::Stay(d) => {
+            let until = Instant::now() + d;
+            // Reading answers the agent's pings (tungstenite replies on read).
+            while let Ok(Some(Ok(_))) = tokio::time::timeout_at(until, ws.next()).await {}
+            let _ = ws.send(close(1000)).await;
+        }
+    }
+    // Drain until the agent closes its side.
+    while let Some(Ok(_)) = ws.next().await {}
+}
+
+fn ms(d: Duration) -> u128 {
+    d.as_millis()
+}
+
+#[tokio::test(start_paused = true)]
+async fn backoff_redirect_replacement_and_reset_follow_the_rules() {
+    use Step::*;
+    let script = [
+        Refuse,
+        Refuse,
+        Refuse,
+        Refuse,
+        Refuse,
+        Redirect(1234),
+        Replaced,
+        Stay(Duration::from_secs(31)),
+        Stay(Duration::from_secs(1)),
+        Refuse,
+    ];
+    let (dials, mut seen) = watch::channel(Vec::new());
+    let dialer = Scripted {
+        steps: Mutex::new(script.into_iter().collect()),
+        dials,
+    };
+    let chan = ChannelConfig {
+        backoff_base: Duration::from_millis(500),
+        backoff_cap: Duration::from_secs(30),
+        healthy_after: Duration::from_secs(30),
+        ping_interval: Duration::from_secs(15),
+        heartbeat_interval: Duration::from_secs(3600),
+        ..ChannelConfig::with_url("ws://scripted/")
+    };
+    let agent = Agent::new(Config::for_channel("t", None));
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(run_channel(agent, chan, stop.clone(), dialer));
+    seen.wait_for(|d| d.len() >= script.len()).await.unwrap();
+    stop.cancel();
+    run.await.unwrap();
+
+    let t = seen.borrow().clone();
+    let gap = |i: usize| t[i + 1] - t[i];
+    // The first dial is immediate; refusals back off with full jitter under a doubling envelope.
+    for (i, envelope) in [500u128, 1000, 2000, 4000, 8000].into_iter().enumerate() {
+        assert!(
+            ms(gap(i)) <= envelope,
+            "gap {i}: {:?} > {envelope} ms",
+            gap(i)
+        );
+    }
+    // `reconnect {after_ms: 1234}`: exactly that long.
+    assert_eq!(ms(gap(5)), 1234);
+    // Closed with 4002: the full cap, no jitter.
+    assert_eq!(gap(6), Duration::from_secs(30));
+    // A link that stayed up 31 s (past healthy_after) resets the backoff: the next wait is
+    // within the first envelope again.
+    assert!(
+        gap(7) >= Duration::from_secs(31) && ms(gap(7)) <= 31_000 + 500,
+        "{:?}",
+        gap(7)
+    );
+    // A 1 s link is not healthy: the envelope keeps growing (second step: 1 s).
+    assert!(
+        gap(8) >= Duration::from_secs(1) && ms(gap(8)) <= 1_000 + 1_000,
+        "{:?}",
+        gap(8)
+    );
+}
