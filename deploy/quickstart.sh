@@ -14,6 +14,7 @@ CP_TOKENS=$token target/release/examples/control_plane --listen 127.0.0.1:$port 
 cp_pid=$!
 for _ in $(seq 100); do curl -s "127.0.0.1:$port/agents" >/dev/null && break; sleep 0.1; done
 DTMA_BEARER_TOKEN=$token DTMA_AGENT_ID=quickstart DTMA_WS_URL=ws://127.0.0.1:$port/dtma/connect \
+  DTMA_AUDIT_LOG=$log/audit.jsonl \
   DTMA_LISTEN=127.0.0.1:0 target/release/dtma 2>"$log/agent.log" &
 agent_pid=$!
 for _ in $(seq 100); do curl -s "127.0.0.1:$port/agents" | grep -q quickstart && break; sleep 0.1; done
@@ -23,4 +24,4 @@ cmd=${1:-'for i in 1 2 3; do echo "tick $i from $(hostname) at $(date +%T)"; sle
 echo "== streaming: $cmd"
 curl -sN -X POST "127.0.0.1:$port/agents/quickstart/exec" \
   -d "$(printf '{"command": %s}' "$(printf '%s' "$cmd" | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read()))')")"
-echo "== agent log: $log/agent.log, control plane log: $log/cp.log"
+echo "== agent log: $log/agent.log, audit log: $log/audit.jsonl, control plane log: $log/cp.log"
