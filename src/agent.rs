@@ -268,7 +268,14 @@ pub async fn run_channel<D: Dialer>(
     stop: CancellationToken,
     dialer: D,
 ) {
-    let mut backoff = Backoff::new(chan.backoff_base, chan.backoff_cap);
+    let mut backoff = match chan.jitter_seed {
+        Some(seed) => Backoff::with_rng(
+            chan.backoff_base,
+            chan.backoff_cap,
+            fastrand::Rng::with_seed(seed),
+        ),
+        None => Backoff::new(chan.backoff_base, chan.backoff_cap),
+    };
     let mut url = chan.url.clone();
     // tokio's clock, so tests can run the state machine on paused time.
     let mut down_since = tokio::time::Instant::now();

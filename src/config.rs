@@ -108,6 +108,8 @@ pub struct ChannelConfig {
     pub healthy_after: Duration,
     /// Running commands are cancelled when the link has been down this long.
     pub orphan_grace: Duration,
+    /// Fixed seed for the backoff jitter (tests; `None` in production: a random seed).
+    pub jitter_seed: Option<u64>,
     /// Largest backend text frame accepted; larger ones get `frame_too_large`.
     pub max_frame_bytes: usize,
 }
@@ -205,6 +207,7 @@ impl ChannelConfig {
             healthy_after: Duration::from_secs(30),
             orphan_grace: Duration::from_secs(600),
             max_frame_bytes: 1 << 20,
+            jitter_seed: None,
         }
     }
 }
@@ -674,6 +677,7 @@ impl Config {
             healthy_after,
             orphan_grace,
             max_frame_bytes,
+            jitter_seed: None,
         });
         Ok((
             Mode::Run,

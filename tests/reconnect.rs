@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use dtma::agent::{Agent, Dialer, run_channel};
+use dtma::backoff::Backoff;
 use dtma::config::{ChannelConfig, Config};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::DuplexStream;
@@ -96,6 +97,16 @@ async fn backend(io: DuplexStream, step: Step) {
     while let Some(Ok(_)) = ws.next().await {}
 }
 
+const SEED: u64 = 0x5eed;
+
+/// tokio's timer rounds a sleep up to the next millisecond.
+fn assert_tick(actual: Duration, expected: Duration) {
+    assert!(
+        actual >= expected && actual - expected <= Duration::from_millis(1),
+        "waited {actual:?}, expected {expected:?}"
+    );
+}
+
 fn ms(d: Duration) -> u128 {
     d.as_millis()
 }
@@ -126,6 +137,7 @@ async fn backoff_redirect_replacement_and_reset_follow_the_rules() {
         healthy_after: Duration::from_secs(30),
         ping_interval: Duration::from_secs(15),
         heartbeat_interval: Duration::from_secs(3600),
+        jitter_seed: Some(SEED),
         ..ChannelConfig::with_url("ws://scripted/")
     };
     let agent = Agent::new(Config::for_channel("t", None));
@@ -137,29 +149,31 @@ async fn backoff_redirect_replacement_and_reset_follow_the_rules() {
 
     let t = seen.borrow().clone();
     let gap = |i: usize| t[i + 1] - t[i];
+    // The same seeded backoff, driven through the same calls as the state machine makes.
+    let mut expected = Backoff::with_rng(
+        Duration::from_millis(500),
+        Duration::from_secs(30),
+        fastrand::Rng::with_seed(SEED),
+    );
     // The first dial is immediate; refusals back off with full jitter under a doubling envelope.
     for (i, envelope) in [500u128, 1000, 2000, 4000, 8000].into_iter().enumerate() {
-        assert!(
-            ms(gap(i)) <= envelope,
-            "gap {i}: {:?} > {envelope} ms",
-            gap(i)
-        );
+        let d = expected.next_delay();
+        assert_tick(gap(i), d);
+        assert!(ms(d) <= envelope, "gap {i}: {d:?} > {envelope} ms");
     }
     // `reconnect {after_ms: 1234}`: exactly that long.
     assert_eq!(ms(gap(5)), 1234);
     // Closed with 4002: the full cap, no jitter.
     assert_eq!(gap(6), Duration::from_secs(30));
+    expected.next_delay(); // drawn after the redirected session, then overridden
+    expected.next_delay(); // drawn after the replaced session, then overridden
     // A link that stayed up 31 s (past healthy_after) resets the backoff: the next wait is
-    // within the first envelope again.
-    assert!(
-        gap(7) >= Duration::from_secs(31) && ms(gap(7)) <= 31_000 + 500,
-        "{:?}",
-        gap(7)
-    );
-    // A 1 s link is not healthy: the envelope keeps growing (second step: 1 s).
-    assert!(
-        gap(8) >= Duration::from_secs(1) && ms(gap(8)) <= 1_000 + 1_000,
-        "{:?}",
-        gap(8)
-    );
+    // drawn from the first envelope again.
+    expected.reset();
+    let after_healthy = expected.next_delay();
+    assert_tick(gap(7), Duration::from_secs(31) + after_healthy);
+    assert!(ms(after_healthy) <= 500);
+    // A 1 s link is not healthy: the envelope keeps growing (second step: up to 1 s).
+    let after_short = expected.next_delay();
+    assert_tick(gap(8), Duration::from_secs(1) + after_short);
 }
