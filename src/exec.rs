@@ -39,6 +39,8 @@ pub enum Error {
     BadTimeout { got_ms: u64, max_ms: u64 },
     #[error("environment variable name `{0}` is not allowed")]
     BadEnvName(String),
+    #[error("field `{0}` contains a NUL byte, which no process argument can carry")]
+    NulByte(&'static str),
     #[error("cannot start /bin/sh: {0}")]
     Spawn(std::io::Error),
 }
@@ -65,6 +67,9 @@ impl ExecSpec {
         if command.trim().is_empty() {
             return Err(Error::EmptyCommand);
         }
+        if command.contains('\0') {
+            return Err(Error::NulByte("command"));
+        }
         let max_ms = limits.max_timeout.as_millis() as u64;
         let timeout = match timeout_ms {
             None => limits.default_timeout,
@@ -82,6 +87,9 @@ impl ExecSpec {
     }
 
     pub fn with_env(mut self, env: BTreeMap<String, String>) -> Result<ExecSpec, Error> {
+        if env.values().any(|v| v.contains('\0')) {
+            return Err(Error::NulByte("env"));
+        }
         for name in env.keys() {
             let valid = !name.is_empty()
                 && !name.contains(['=', '\0'])
@@ -91,6 +99,14 @@ impl ExecSpec {
             }
         }
         self.env = env;
+        Ok(self)
+    }
+
+    pub fn with_cwd(mut self, cwd: Option<String>) -> Result<ExecSpec, Error> {
+        if cwd.as_deref().is_some_and(|c| c.contains('\0')) {
+            return Err(Error::NulByte("cwd"));
+        }
+        self.cwd = cwd;
         Ok(self)
     }
 }

@@ -52,10 +52,10 @@ pub fn dispatch(agent: &Arc<Agent>, req: Request) -> Option<AgentMessage> {
                 e.max_output_bytes,
                 &agent.config.exec,
             )
-            .and_then(|s| s.with_env(e.env.clone()));
+            .and_then(|s| s.with_env(e.env.clone()))
+            .and_then(|s| s.with_cwd(e.cwd.clone()));
             match spec {
                 Ok(mut s) => {
-                    s.cwd = e.cwd.clone();
                     s.stdin = e.stdin.clone().map(String::into_bytes);
                     Some(s)
                 }

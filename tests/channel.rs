@@ -178,6 +178,24 @@ async fn bad_input_gets_typed_errors_and_the_link_stays_up() {
             "expires_at",
         ),
         (
+            Message::text(r#"{"type":"exec","id":"x11","command":"echo a\u0000b"}"#),
+            ErrorCode::InvalidRequest,
+            Some("x11"),
+            "NUL",
+        ),
+        (
+            Message::text(r#"{"type":"exec","id":"x12","command":"true","cwd":"/tmp\u0000x"}"#),
+            ErrorCode::InvalidRequest,
+            Some("x12"),
+            "cwd",
+        ),
+        (
+            Message::text(r#"{"type":"exec","id":"x13","command":"true","env":{"A":"b\u0000"}}"#),
+            ErrorCode::InvalidRequest,
+            Some("x13"),
+            "env",
+        ),
+        (
             Message::text(r#"{"type":"ack","id":"x10","seq":"one"}"#),
             ErrorCode::InvalidRequest,
             Some("x10"),

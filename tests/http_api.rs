@@ -211,6 +211,7 @@ async fn bad_input_gets_400_or_413_naming_the_problem_and_the_next_request_works
             "timeout",
         ),
         (r#"{"command": "true", "bogus": 1}"#.into(), 400, "bogus"),
+        (r#"{"command": "echo a\u0000b"}"#.into(), 400, "NUL"),
         (
             format!(r#"{{"command": "{}"}}"#, "x".repeat(2 << 20)),
             413,
