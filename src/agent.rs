@@ -48,6 +48,8 @@ pub struct Agent {
     pub logs: Arc<LogRing>,
     /// Where the local API actually listens (set once bound).
     pub http_addr: std::sync::OnceLock<std::net::SocketAddr>,
+    /// Slots for commands run through the local API.
+    pub http_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// The caller behind every channel request: the backend, which the agent itself dialled.
@@ -82,6 +84,7 @@ impl Agent {
             docker: DockerClient::new(config.docker_socket.clone()),
             logs,
             http_addr: std::sync::OnceLock::new(),
+            http_slots: Arc::new(tokio::sync::Semaphore::new(config.exec.http_max_concurrent)),
             config,
             tracker: TaskTracker::new(),
             work: CancellationToken::new(),

@@ -129,6 +129,8 @@ pub struct ExecLimits {
     pub run_as: Option<(u32, u32)>,
     /// Resource limits applied to every command (through util-linux `prlimit`).
     pub rlimits: Rlimits,
+    /// Commands the local API runs at once; more get 429 (the channel has `max_streams`).
+    pub http_max_concurrent: usize,
 }
 
 /// Per-command resource limits; `None` leaves the agent's own limit.
@@ -178,6 +180,7 @@ impl Default for ExecLimits {
             scrub_env: SECRET_VARS.iter().map(|s| s.to_string()).collect(),
             run_as: None,
             rlimits: Rlimits::default(),
+            http_max_concurrent: 64,
         }
     }
 }
@@ -288,6 +291,7 @@ struct FileConfig {
     stream_initial_credit: Option<u64>,
     stream_buffer_bytes: Option<usize>,
     max_streams: Option<usize>,
+    http_max_concurrent: Option<usize>,
     shutdown_grace_ms: Option<u64>,
     audit_log: Option<String>,
     audit_max_bytes: Option<u64>,
@@ -501,6 +505,11 @@ impl Config {
             file.max_streams.map(|v| v as u64),
             stream_defaults.max_streams as u64,
         ) as usize;
+        let http_max_concurrent = num(
+            "DTMA_HTTP_MAX_CONCURRENT",
+            file.http_max_concurrent.map(|v| v as u64),
+            exec_defaults.http_max_concurrent as u64,
+        ) as usize;
 
         if backoff_cap < backoff_base {
             problems.push("DTMA_BACKOFF_CAP_MS must not be below DTMA_BACKOFF_BASE_MS".into());
@@ -694,6 +703,7 @@ impl Config {
                     default_max_output,
                     run_as,
                     rlimits,
+                    http_max_concurrent,
                     ..exec_defaults
                 },
                 streams: StreamLimits {

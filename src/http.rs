@@ -384,9 +384,19 @@ async fn execute(
                 .with("rule", decision.rule),
         ));
     }
+    let Ok(slot) = a.http_slots.clone().try_acquire_owned() else {
+        return Err(warp::reject::custom(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_commands",
+            format!(
+                "{} commands are running through the local API already (DTMA_HTTP_MAX_CONCURRENT); retry when one ends",
+                a.config.exec.http_max_concurrent
+            ),
+        )));
+    };
     let cancel = a.work.child_token();
     if stream {
-        return Ok(stream_exec(a, caller, spec, cancel));
+        return Ok(stream_exec(a, caller, spec, cancel, slot));
     }
     let sink = Arc::new(Collect::default());
     let command = spec.command.clone();
@@ -401,6 +411,7 @@ async fn execute(
             let command = command.clone();
             async move {
                 let r = exec::run(spec, &a.config.exec, &a.config.secrets, sink, cancel).await;
+                drop(slot);
                 if let Ok(o) = &r {
                     a.audit_outcome("http", &caller, None, &command, o);
                 }
@@ -449,6 +460,7 @@ fn stream_exec(
     caller: Caller,
     spec: ExecSpec,
     cancel: CancellationToken,
+    slot: tokio::sync::OwnedSemaphorePermit,
 ) -> warp::reply::Response {
     let (tx, rx) = mpsc::channel::<warp::sse::Event>(32);
     let sink = Arc::new(SseSink {
@@ -461,6 +473,7 @@ fn stream_exec(
         let a = a.clone();
         async move {
             let result = exec::run(spec, &a.config.exec, &a.config.secrets, sink, cancel).await;
+            drop(slot);
             let event = match result {
                 Ok(o) => {
                     a.audit_outcome("http", &caller, None, &command, &o);

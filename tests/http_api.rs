@@ -592,3 +592,48 @@ async fn repeated_auth_failures_from_one_address_are_slowed_down() {
     request(l.addr, "GET", "/status", Some(wrong), None).await;
     assert!(start.elapsed() < Duration::from_millis(250));
 }
+
+#[tokio::test]
+async fn local_api_commands_are_limited_and_the_limit_frees_up() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = local_config(None);
+    c.exec.http_max_concurrent = 2;
+    let l = Local::start(c).await;
+    // Two streaming commands, each held open until its `started` event has arrived.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut tcp = tokio::net::TcpStream::connect(l.addr).await.unwrap();
+        let body = r#"{"command":"sleep 1"}"#;
+        let req = format!(
+            "POST /ssh/execute?stream=true HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        tcp.write_all(req.as_bytes()).await.unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !String::from_utf8_lossy(&seen).contains("event:started") {
+            let n = within(10, "started event", tcp.read(&mut buf))
+                .await
+                .unwrap();
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+            seen.extend_from_slice(&buf[..n]);
+        }
+        held.push(tcp);
+    }
+    let r = l.exec(serde_json::json!({"command": "true"})).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json()["code"], "too_many_commands");
+    // Once they end, commands run again.
+    for mut tcp in held {
+        let mut rest = Vec::new();
+        within(10, "stream end", tcp.read_to_end(&mut rest))
+            .await
+            .unwrap();
+        assert!(String::from_utf8_lossy(&rest).contains("event:exit"));
+    }
+    let j = l
+        .exec(serde_json::json!({"command": "echo free"}))
+        .await
+        .json();
+    assert_eq!(j["stdout"], "free\n");
+}
