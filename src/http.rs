@@ -66,6 +66,15 @@ impl ApiError {
     }
 }
 
+/// A handler's background task panicked or was aborted: a bug, reported as 500.
+fn task_failed(e: tokio::task::JoinError) -> Rejection {
+    warp::reject::custom(ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        e.to_string(),
+    ))
+}
+
 fn docker_unavailable(e: crate::docker::Error) -> Rejection {
     warp::reject::custom(ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -153,13 +162,7 @@ pub fn routes(
             let a2 = a.clone();
             let d = tokio::task::spawn_blocking(move || crate::diagnostics::system(&a2))
                 .await
-                .map_err(|e| {
-                    warp::reject::custom(ApiError::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "internal",
-                        e.to_string(),
-                    ))
-                })?;
+                .map_err(task_failed)?;
             Ok::<_, Rejection>(success("diagnostics", d))
         });
     let diag_logs = warp::path!("diagnostics" / "logs")
@@ -419,13 +422,7 @@ async fn execute(
             }
         })
         .await
-        .map_err(|e| {
-            warp::reject::custom(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                e.to_string(),
-            ))
-        })?
+        .map_err(task_failed)?
         .map_err(|e| {
             warp::reject::custom(
                 ApiError::new(
