@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use dtma::control_plane::{ControlPlane, Options, StreamRx};
+use dtma_control_plane::{ControlPlane, Options, StreamRx};
 use dtma_protocol::{AgentMessage, Cancel, Encoding, Exec, Exit, RequestBody};
 use futures_util::FutureExt;
 use nix::sys::signal::{Signal, kill, killpg};
@@ -701,7 +701,7 @@ async fn until_exit(rx: &mut StreamRx) -> Result<(u64, Exit)> {
 fn output_len(o: &dtma_protocol::Output) -> u64 {
     match o.encoding {
         Encoding::Utf8 => o.data.len() as u64,
-        Encoding::Base64 => dtma::control_plane::output_bytes(o).len() as u64,
+        Encoding::Base64 => dtma_control_plane::output_bytes(o).len() as u64,
     }
 }
 

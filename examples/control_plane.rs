@@ -10,7 +10,7 @@
 
 use std::net::SocketAddr;
 
-use dtma::control_plane::{ControlPlane, Options};
+use dtma_control_plane::{ControlPlane, Options};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]

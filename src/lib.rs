@@ -1,36 +1,34 @@
 //! DTMA, the Droplet Tool Management Agent.
 //!
 //! # Layout
+//! Two adapters (the WebSocket channel and the local HTTP API) over one service layer, over the
+//! engines and the shared state. ARCHITECTURE.md has the full map and the dependency rules.
+//! - [`channel`]: the channel adapter: reconnect loop, session, request handlers, streams, TLS.
+//! - [`api`]: the local HTTP adapter (warp): routes, bodies, JSON errors, SSE.
+//! - [`services`]: one service per capability (commands, diagnostics), used by both adapters.
+//! - [`exec`]: the exec engine (`/bin/sh -c` in a process group, both pipes under flow control).
+//! - [`policy`]: the command policy (pure: parse as dash would, judge each simple command).
+//! - [`docker`]: the Docker client seam (bollard).
+//! - [`agent`]: shared state with private fields: config, task tree, policy, audit, auth.
 //! - [`config`]: the configuration value (flags > env > file > defaults).
-//! - [`agent`]: shared state, the reconnect state machine, shutdown drain.
-//! - [`session`]: one WebSocket connection: handshake, reader, writer, keepalive, heartbeat.
-//! - [`tls`]: dialling the backend (TCP, rustls, WebSocket upgrade with the bearer token).
-//! - [`backoff`]: capped exponential backoff with full jitter.
-//! - [`handlers`]: one handler per request type, behind `dispatch`.
-//! - [`streams`]: per-request event streams: sequencing, unacked buffer, credit, resend.
-//! - [`exec`]: the exec engine shared by the channel and the local API.
-//! - [`status`]: system status samples (sysinfo) for the heartbeat.
-//! - [`http`]: the local HTTP API (warp).
-//! - [`control_plane`]: a reference backend (used by `examples/control_plane.rs` and tests).
+//! - [`audit`], [`auth`], [`status`], [`logring`], [`text`]: the audit log (own writer thread),
+//!   bearer tokens and roles, heartbeat samples, the agent's recent log lines, and UTF-8-safe
+//!   output chunking shared by both adapters.
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod api;
 pub mod audit;
 pub mod auth;
-pub mod backoff;
+pub mod channel;
 pub mod config;
-pub mod control_plane;
-pub mod diagnostics;
 pub mod docker;
 pub mod exec;
-pub mod handlers;
-pub mod http;
 pub mod logring;
 pub mod policy;
-pub mod session;
+pub mod services;
 pub mod status;
-pub mod streams;
-pub mod tls;
+pub mod text;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,13 +37,21 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+pub use agent::StartError;
 pub use config::Config;
+
+use agent::Agent;
+use channel::Channel;
+use services::Services;
 
 /// The agent's version (from Cargo).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// What this agent announces in `hello`.
 pub const CAPABILITIES: [&str; 5] = ["exec", "cancel", "ping", "credit", "resume"];
+
+/// How long shutdown waits for the backend to acknowledge the final events.
+const FINAL_EVENTS_WAIT: Duration = Duration::from_secs(2);
 
 /// Current UTC time as RFC 3339 with milliseconds (`2025-01-20T10:30:00.000Z`).
 pub fn now_rfc3339() -> String {
@@ -82,13 +88,24 @@ pub fn raise_fd_limit() {
 
 /// A running agent.
 pub struct Running {
-    pub agent: Arc<agent::Agent>,
+    services: Arc<Services>,
+    channel: Option<Arc<Channel>>,
     /// Where the local API listens.
     pub http_addr: SocketAddr,
     done: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
+    pub fn agent(&self) -> &Arc<Agent> {
+        self.services.agent()
+    }
+    pub fn services(&self) -> &Arc<Services> {
+        &self.services
+    }
+    /// The channel, when one is configured.
+    pub fn channel(&self) -> Option<&Arc<Channel>> {
+        self.channel.as_ref()
+    }
     /// Wait until the agent has shut down.
     pub async fn join(self) -> Result<(), tokio::task::JoinError> {
         self.done.await
@@ -97,25 +114,34 @@ impl Running {
 
 /// Start the agent: the local API on `config.listen` and, when configured, the channel.
 /// Cancelling `shutdown` drains running work and stops everything.
-pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
+pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, StartError> {
     start_with_logs(config, logring::LogRing::new(), shutdown).await
 }
 
 /// [`start`], with the ring that the process's log subscriber feeds (for `/diagnostics/logs`).
 pub async fn start_with_logs(
     config: Config,
-    logs: std::sync::Arc<logring::LogRing>,
+    logs: Arc<logring::LogRing>,
     shutdown: CancellationToken,
-) -> anyhow::Result<Running> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
+) -> Result<Running, StartError> {
+    let agent = Agent::with_logs(config, logs)?;
+    let addr = agent.config().listen;
+    let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-    let http_addr = listener.local_addr()?;
-    let agent = agent::Agent::with_logs(config, logs);
-    let _ = agent.http_addr.set(http_addr);
-    match &agent.config.channel {
+        .map_err(|source| StartError::Listen { addr, source })?;
+    let http_addr = listener
+        .local_addr()
+        .map_err(|source| StartError::Listen { addr, source })?;
+    agent.set_http_addr(http_addr);
+    let services = Services::new(agent.clone());
+    let channel = agent
+        .config()
+        .channel
+        .clone()
+        .map(|c| Channel::new(services.clone(), c));
+    match &channel {
         Some(c) => {
-            info!(url = %c.url, agent_id = %agent.config.agent_id, "Control channel configured.")
+            info!(url = %c.config().url, agent_id = %agent.config().agent_id, "Control channel configured.")
         }
         None => {
             info!("No AGENTOPIA_API_BASE_URL or DTMA_WS_URL: running local-only (HTTP API only).")
@@ -123,8 +149,9 @@ pub async fn start_with_logs(
     }
     info!(%http_addr, "Local API listening.");
 
+    // One tree: the adapters stop on their own tokens after the drain, below `shutdown`.
     let http_stop = CancellationToken::new();
-    let server = warp::serve(http::routes(agent.clone()))
+    let server = warp::serve(api::routes(services.clone()))
         .incoming(listener)
         .graceful({
             let t = http_stop.clone();
@@ -133,36 +160,32 @@ pub async fn start_with_logs(
         .run();
     let http_task = tokio::spawn(server);
     let chan_stop = CancellationToken::new();
-    let chan_task = agent
-        .config
-        .channel
+    let chan_task = channel
         .clone()
-        .map(|c| tokio::spawn(agent::channel_loop(agent.clone(), c, chan_stop.clone())));
+        .map(|c| tokio::spawn(c.run(chan_stop.clone())));
 
-    let a = agent.clone();
-    let done = tokio::spawn(async move {
-        shutdown.cancelled().await;
-        info!("Shutdown requested.");
-        agent::drain(&a, a.config.shutdown_grace).await;
-        // Give the channel a moment to deliver the final events before closing.
-        if a.link_up.load(std::sync::atomic::Ordering::Relaxed) {
-            let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                while a.registry.counts().1 > 0 {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            })
-            .await;
+    let done = tokio::spawn({
+        let agent = agent.clone();
+        let channel = channel.clone();
+        async move {
+            shutdown.cancelled().await;
+            info!("Shutdown requested.");
+            agent.drain(agent.config().shutdown_grace).await;
+            if let Some(c) = &channel {
+                c.flush(FINAL_EVENTS_WAIT).await;
+            }
+            chan_stop.cancel();
+            http_stop.cancel();
+            if let Some(t) = chan_task {
+                let _ = t.await;
+            }
+            let _ = http_task.await;
+            info!("Agent stopped.");
         }
-        chan_stop.cancel();
-        http_stop.cancel();
-        if let Some(t) = chan_task {
-            let _ = t.await;
-        }
-        let _ = http_task.await;
-        info!("Agent stopped.");
     });
     Ok(Running {
-        agent,
+        services,
+        channel,
         http_addr,
         done,
     })
@@ -171,10 +194,12 @@ pub async fn start_with_logs(
 /// Run until `shutdown` is cancelled.
 pub async fn run(
     config: Config,
-    logs: std::sync::Arc<logring::LogRing>,
+    logs: Arc<logring::LogRing>,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+) -> Result<(), StartError> {
     let running = start_with_logs(config, logs, shutdown).await?;
-    running.join().await?;
+    if let Err(e) = running.join().await {
+        tracing::error!(error = %e, "The shutdown task failed.");
+    }
     Ok(())
 }

@@ -62,8 +62,8 @@ fn main() -> ExitCode {
         match dtma::run(config, logs, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("dtma: {e:#}");
-                ExitCode::FAILURE
+                eprintln!("dtma: {e}");
+                ExitCode::from(e.exit_code())
             }
         }
     })

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use dtma::control_plane::Options;
+use dtma_control_plane::Options;
 use dtma_protocol::{
     AgentMessage, Cancel, Encoding, ErrorCode, Exec, Ping, RequestBody, StreamPhase,
 };
@@ -88,11 +88,11 @@ async fn ping_and_cancel_answer_results() {
 }
 
 /// Like `collect`, for a stream whose first events were already read.
-async fn collect_rest(mut s: dtma::control_plane::StreamRx) -> Collected {
+async fn collect_rest(mut s: dtma_control_plane::StreamRx) -> Collected {
     let mut c = Collected::default();
     while let Some(m) = s.recv().await {
         match &m {
-            AgentMessage::Output(o) => c.stdout.extend(dtma::control_plane::output_bytes(o)),
+            AgentMessage::Output(o) => c.stdout.extend(dtma_control_plane::output_bytes(o)),
             AgentMessage::Exit(e) => c.exit = Some(e.clone()),
             _ => {}
         }

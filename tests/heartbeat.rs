@@ -4,8 +4,10 @@
 use std::time::Duration;
 
 use dtma::agent::Agent;
+use dtma::channel::Channel;
+use dtma::channel::session::{self, SessionEnd};
 use dtma::config::{ChannelConfig, Config};
-use dtma::session::{self, SessionEnd};
+use dtma::services::Services;
 use futures_util::{SinkExt, StreamExt};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
@@ -26,13 +28,12 @@ async fn heartbeat_follows_welcome_and_a_silent_link_is_dead_after_two_intervals
     let (client, server) = tokio::io::duplex(4 << 20);
     let agent_ws = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
     let mut backend = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
-    let agent = Agent::new(Config::for_channel("t", None));
-    let chan = channel();
+    let agent = Agent::new(Config::for_channel("t", None)).unwrap();
+    let chan = Channel::new(Services::new(agent), channel());
     let stop = CancellationToken::new();
     let run = tokio::spawn({
-        let agent = agent.clone();
         let stop = stop.clone();
-        async move { session::run(agent_ws, &agent, &chan, &stop).await }
+        async move { session::run(agent_ws, &chan, &stop).await }
     });
 
     let hello = backend.next().await.unwrap().unwrap();
@@ -84,14 +85,11 @@ async fn no_welcome_within_the_connect_timeout_fails_the_session() {
     let (client, server) = tokio::io::duplex(1 << 20);
     let agent_ws = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
     let mut backend = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
-    let agent = Agent::new(Config::for_channel("t", None));
-    let chan = channel();
+    let agent = Agent::new(Config::for_channel("t", None)).unwrap();
+    let chan = Channel::new(Services::new(agent), channel());
     let stop = CancellationToken::new();
     let t0 = Instant::now();
-    let run = tokio::spawn({
-        let agent = agent.clone();
-        async move { session::run(agent_ws, &agent, &chan, &stop).await }
-    });
+    let run = tokio::spawn(async move { session::run(agent_ws, &chan, &stop).await });
     let _hello = backend.next().await;
     let end = run.await.unwrap();
     assert!(

@@ -328,7 +328,7 @@ async fn a_200_mb_output_is_capped_and_memory_stays_bounded() {
     assert_eq!(j["exit_code"], 0);
     assert_eq!(
         j["stdout"].as_str().unwrap().len() as u64,
-        dtma::http::HTTP_MAX_OUTPUT
+        dtma::api::HTTP_MAX_OUTPUT
     );
     // This test runs in its own process (nextest): its peak RSS would pass 200 MB if the output
     // had been buffered.

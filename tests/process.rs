@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
-use dtma::control_plane::Options;
+use dtma_control_plane::Options;
 use dtma_protocol::AgentMessage;
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
@@ -126,7 +126,7 @@ async fn sigterm_drains_then_stops_the_process_group_and_reports_it() {
     let exit = loop {
         match within(20, "exit after SIGTERM", s.recv()).await {
             Some(AgentMessage::Output(o)) if o.fd == dtma_protocol::Fd::Stdout => {
-                out.extend(dtma::control_plane::output_bytes(&o))
+                out.extend(dtma_control_plane::output_bytes(&o))
             }
             // dash reports its killed `sleep` ("Terminated") on stderr.
             Some(AgentMessage::Output(_)) => {}

@@ -6,9 +6,11 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use dtma::agent::{Agent, Dialer, run_channel};
-use dtma::backoff::Backoff;
+use dtma::agent::Agent;
+use dtma::channel::backoff::Backoff;
+use dtma::channel::{Channel, Dialer};
 use dtma::config::{ChannelConfig, Config};
+use dtma::services::Services;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::DuplexStream;
 use tokio::sync::watch;
@@ -38,7 +40,7 @@ struct Scripted {
 
 impl Dialer for Scripted {
     type Link = WebSocketStream<DuplexStream>;
-    async fn dial(&self, _url: &str) -> Result<Self::Link, dtma::tls::Error> {
+    async fn dial(&self, _url: &str) -> Result<Self::Link, dtma::channel::tls::Error> {
         self.dials.send_modify(|d| d.push(Instant::now()));
         let step = self
             .steps
@@ -47,7 +49,7 @@ impl Dialer for Scripted {
             .pop_front()
             .unwrap_or(Step::Refuse);
         let refused = || {
-            dtma::tls::Error::WebSocket(tungstenite::Error::Io(
+            dtma::channel::tls::Error::WebSocket(tungstenite::Error::Io(
                 std::io::ErrorKind::ConnectionRefused.into(),
             ))
         };
@@ -140,9 +142,10 @@ async fn backoff_redirect_replacement_and_reset_follow_the_rules() {
         jitter_seed: Some(SEED),
         ..ChannelConfig::with_url("ws://scripted/")
     };
-    let agent = Agent::new(Config::for_channel("t", None));
+    let agent = Agent::new(Config::for_channel("t", None)).unwrap();
+    let channel = Channel::new(Services::new(agent), chan);
     let stop = CancellationToken::new();
-    let run = tokio::spawn(run_channel(agent, chan, stop.clone(), dialer));
+    let run = tokio::spawn(channel.run_with(stop.clone(), dialer));
     seen.wait_for(|d| d.len() >= script.len()).await.unwrap();
     stop.cancel();
     run.await.unwrap();

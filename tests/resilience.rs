@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
-use dtma::control_plane::{Options, output_bytes};
+use dtma_control_plane::{Options, output_bytes};
 use dtma_protocol::{AgentMessage, Cancel, Exec, RequestBody};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::watch;
@@ -146,13 +146,13 @@ async fn a_slow_stream_stalls_alone_and_memory_stays_bounded() {
     assert_eq!(c.stdout, expected.as_bytes());
 
     // The slow stream is still running and holds no more than its buffer.
-    let a = agent.agent();
+    let a = agent.channel();
     assert_eq!(
-        a.registry.counts().0,
+        a.registry().counts().0,
         1,
         "the slow command should still be running"
     );
-    assert!(a.registry.buffered_bytes() <= 256 << 10);
+    assert!(a.registry().buffered_bytes() <= 256 << 10);
 
     // Credit resumes it.
     slow.grant(1 << 20);
@@ -227,7 +227,7 @@ async fn a_refused_agent_keeps_retrying() {
     let agent = InProc::start(agent_config("r5", proxy.url())).await;
     within(10, "three dial attempts", proxy.wait_accepted(3)).await;
     assert_eq!(cp.cp.stats().sessions.load(Ordering::Relaxed), 0);
-    assert!(!agent.agent().link_up.load(Ordering::Relaxed));
+    assert!(!agent.agent().link_up());
 }
 
 /// A backend that speaks another protocol version gets close code 4001.
@@ -273,7 +273,7 @@ async fn wss_with_a_private_ca() {
             rustls_pki_types::PrivateKeyDer::Pkcs8(key.signing_key.serialize_der().into()),
         )
         .unwrap();
-    let cp = dtma::control_plane::ControlPlane::new(Options {
+    let cp = dtma_control_plane::ControlPlane::new(Options {
         tokens: vec![TOKEN.into()],
         ..Options::default()
     });
@@ -338,7 +338,7 @@ async fn commands_survive_an_outage_until_the_orphan_grace() {
     within(10, "redials", proxy.wait_accepted(dials + 3)).await;
     // ...and cancelled once the grace is over (the agent keeps redialling meanwhile).
     within(10, "orphan cancel", async {
-        while agent.agent().registry.counts().0 > 0 {
+        while agent.channel().registry().counts().0 > 0 {
             proxy
                 .wait_accepted(proxy.accepted.load(Ordering::SeqCst) + 1)
                 .await;

@@ -10,7 +10,7 @@ use std::time::Duration;
 pub mod http;
 
 use dtma::config::{ChannelConfig, Config};
-use dtma::control_plane::{ControlPlane, Options, StreamRx, output_bytes};
+use dtma_control_plane::{ControlPlane, Options, StreamRx, output_bytes};
 use dtma_protocol::{AgentMessage, Exec, Exit, RequestBody};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -92,7 +92,10 @@ impl InProc {
         }
     }
     pub fn agent(&self) -> &Arc<dtma::agent::Agent> {
-        &self.running.as_ref().unwrap().agent
+        self.running.as_ref().unwrap().agent()
+    }
+    pub fn channel(&self) -> &Arc<dtma::channel::Channel> {
+        self.running.as_ref().unwrap().channel().unwrap()
     }
     pub async fn shutdown(mut self) {
         self.stop.cancel();
@@ -106,7 +109,7 @@ impl Drop for InProc {
     fn drop(&mut self) {
         self.stop.cancel();
         if let Some(r) = &self.running {
-            r.agent.work.cancel();
+            r.agent().cancel_all_work();
         }
     }
 }

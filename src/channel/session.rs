@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::agent::Agent;
+use super::Channel;
 use crate::config::ChannelConfig;
 
 /// Frames handed to the socket per write batch.
@@ -48,12 +48,7 @@ pub enum SessionEnd {
 }
 
 /// Run one session over `ws` until it ends.
-pub async fn run<S>(
-    ws: S,
-    agent: &Arc<Agent>,
-    chan: &ChannelConfig,
-    stop: &CancellationToken,
-) -> SessionEnd
+pub async fn run<S>(ws: S, channel: &Arc<Channel>, stop: &CancellationToken) -> SessionEnd
 where
     S: Sink<Message, Error = tungstenite::Error>
         + Stream<Item = Result<Message, tungstenite::Error>>
@@ -62,15 +57,17 @@ where
         + 'static,
 {
     let (mut tx, mut rx) = ws.split();
+    let chan = channel.config();
+    let registry = channel.registry();
 
     // Handshake: hello, then nothing but welcome.
     let hello = AgentMessage::Hello(Hello {
-        agent_id: agent.config.agent_id.clone(),
+        agent_id: channel.agent().config().agent_id.clone(),
         agent_version: crate::VERSION.to_owned(),
         boot_id: crate::boot_id().to_owned(),
         protocol_version: PROTOCOL_VERSION,
         capabilities: crate::CAPABILITIES.iter().map(|s| s.to_string()).collect(),
-        streams: agent.registry.hello_streams(),
+        streams: registry.hello_streams(),
         max_frame_bytes: chan.max_frame_bytes as u64,
     });
     // The whole handshake (hello out, welcome in) runs under the connect timeout.
@@ -102,9 +99,7 @@ where
         return SessionEnd::Incompatible(reason);
     }
     info!(session_id = %welcome.session_id, resumed = welcome.resume.len(), "Channel connected.");
-    agent
-        .registry
-        .connected(&welcome.resume, welcome.initial_credit);
+    registry.connected(&welcome.resume, welcome.initial_credit);
     let heartbeat = welcome
         .heartbeat_interval_ms
         .filter(|ms| *ms > 0)
@@ -119,7 +114,7 @@ where
     let mut writer = tokio::spawn(write_loop(
         tx,
         ctl_rx,
-        agent.registry.clone(),
+        registry.clone(),
         writer_stop.clone(),
     ));
     let mut writer_done = None;
@@ -149,18 +144,11 @@ where
                 let _ = ctl_tx.try_send(Message::Ping(Default::default()));
             }
             _ = beat.tick() => {
-                let agent = agent.clone();
+                let channel = channel.clone();
                 let ctl = ctl_tx.clone();
                 tokio::spawn(async move {
-                    let tools = agent.tool_statuses().await;
-                    // sysinfo reads /proc: keep it off the reactor.
-                    let status = tokio::task::spawn_blocking(move || {
-                        let mut status = agent.status();
-                        status.tool_statuses = tools;
-                        status
-                    })
-                    .await;
-                    if let Ok(status) = status {
+                    let streams = channel.registry().counts();
+                    if let Some(status) = channel.services().diagnostics.heartbeat(streams).await {
                         let _ = ctl.try_send(text(&AgentMessage::Status(status)));
                     }
                 });
@@ -177,7 +165,7 @@ where
                         break SessionEnd::Closed { code, reason };
                     }
                     Some(Ok(Message::Text(t))) => {
-                        if let Some(end) = handle_text(agent, chan, t.as_str(), &ctl_tx).await {
+                        if let Some(end) = handle_text(channel, t.as_str(), &ctl_tx).await {
                             break end;
                         }
                     }
@@ -190,7 +178,7 @@ where
             }
         }
     };
-    agent.registry.disconnected();
+    registry.disconnected();
     // Say goodbye where the link still works; a dead link gets no close frame.
     let goodbye = match &end {
         SessionEnd::Shutdown => Some((close_code::SHUTDOWN, "agent shutting down")),
@@ -228,7 +216,7 @@ where
 async fn write_loop<W>(
     mut tx: W,
     mut ctl_rx: mpsc::Receiver<Message>,
-    registry: Arc<crate::streams::Registry>,
+    registry: Arc<super::streams::Registry>,
     stop: CancellationToken,
 ) -> (W, Result<(), tungstenite::Error>)
 where
@@ -286,11 +274,11 @@ where
 
 /// Handle one text frame. Returns `Some` when it ends the session.
 async fn handle_text(
-    agent: &Arc<Agent>,
-    chan: &ChannelConfig,
+    channel: &Arc<Channel>,
     text: &str,
     ctl: &mpsc::Sender<Message>,
 ) -> Option<SessionEnd> {
+    let chan: &ChannelConfig = channel.config();
     if text.len() > chan.max_frame_bytes {
         send_error(
             ctl,
@@ -313,8 +301,8 @@ async fn handle_text(
                 .await;
         }
         Ok(BackendMessage::Control(c)) => match c {
-            Control::Ack(a) => agent.registry.ack(&a.id, a.seq),
-            Control::Credit(c) => agent.registry.credit(&c.id, c.limit),
+            Control::Ack(a) => channel.registry().ack(&a.id, a.seq),
+            Control::Credit(c) => channel.registry().credit(&c.id, c.limit),
             Control::Reconnect(r) => {
                 info!(after_ms = r.after_ms, url = ?r.url, reason = ?r.reason, "Backend asked to reconnect.");
                 return Some(SessionEnd::Redirect {
@@ -333,7 +321,7 @@ async fn handle_text(
             }
         },
         Ok(BackendMessage::Request(r)) => {
-            if let Some(reply) = crate::handlers::dispatch(agent, r) {
+            if let Some(reply) = super::handlers::dispatch(channel, r).await {
                 let _ = ctl.send(self::text(&reply)).await;
             }
         }

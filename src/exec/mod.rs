@@ -5,6 +5,7 @@
 //! The channel's sink applies credit and buffering; the local API's sink collects into memory.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::os::fd::AsFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
@@ -43,6 +44,28 @@ pub enum Error {
     NulByte(&'static str),
     #[error("cannot start /bin/sh: {0}")]
     Spawn(std::io::Error),
+    /// The child was reaped before its pid could be read; without a pid its process group
+    /// cannot be signalled safely (group 0 would be the agent's own).
+    #[error("the command's process exited before its pid could be read")]
+    NoPid,
+}
+
+/// A command's process group, never 0 or negative: `killpg(0)` would signal the agent's own
+/// group, so a group id comes only from a real child pid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessGroup(Pid);
+
+impl ProcessGroup {
+    pub fn of(pid: u32) -> Option<ProcessGroup> {
+        i32::try_from(pid)
+            .ok()
+            .filter(|p| *p > 0)
+            .map(|p| ProcessGroup(Pid::from_raw(p)))
+    }
+
+    fn signal(self, signal: Signal) {
+        let _ = killpg(self.0, signal);
+    }
 }
 
 /// A command to run, already validated against the limits by [`ExecSpec::new`].
@@ -178,7 +201,7 @@ pub async fn run<S: OutputSink>(
         .stderr(Stdio::piped())
         .kill_on_drop(false)
         .env_clear()
-        .envs(child_env(std::env::vars(), &limits.scrub_env, secrets))
+        .envs(child_env(std::env::vars_os(), &limits.scrub_env, secrets))
         .envs(&spec.env);
     if let Some(cwd) = &spec.cwd {
         cmd.current_dir(cwd);
@@ -187,7 +210,11 @@ pub async fn run<S: OutputSink>(
         cmd.uid(uid).gid(gid);
     }
     let mut child = cmd.spawn().map_err(Error::Spawn)?;
-    let pid = child.id().unwrap_or_default();
+    let Some((pid, group)) = child.id().and_then(|p| Some((p, ProcessGroup::of(p)?))) else {
+        // Not reachable in practice (nothing has waited on the child yet); never guess a pid.
+        let _ = child.start_kill();
+        return Err(Error::NoPid);
+    };
     sink.started(pid);
 
     if let (Some(mut pipe), Some(input)) = (child.stdin.take(), spec.stdin) {
@@ -240,13 +267,12 @@ pub async fn run<S: OutputSink>(
     };
     let status = if timed_out || cancelled {
         // Stop the whole group: a shell's background children die with it.
-        let group = Pid::from_raw(pid as i32);
-        let _ = killpg(group, Signal::SIGTERM);
+        group.signal(Signal::SIGTERM);
         killed_with = Some("SIGTERM");
         match tokio::time::timeout(limits.kill_grace, &mut work).await {
             Ok(status) => status,
             Err(_) => {
-                let _ = killpg(group, Signal::SIGKILL);
+                group.signal(Signal::SIGKILL);
                 killed_with = Some("SIGKILL");
                 stopped.cancel();
                 match tokio::time::timeout(limits.kill_grace, &mut work).await {
@@ -288,59 +314,106 @@ fn boxed<R: AsyncRead + Unpin + Send + 'static>(r: R) -> Box<dyn AsyncRead + Unp
 
 type Pipe = Box<dyn AsyncRead + Unpin + Send>;
 
-/// Copy both pipes into the sink, reading only as much as the sink grants.
+/// Copy both pipes into the sink, forwarding only as much as the sink grants.
 ///
-/// One loop serves both pipes: it reserves credit first, then reads from whichever pipe has
-/// data. (A reader per pipe would let an idle stderr hold credit that stdout needs.) Dropping
-/// the losing `read` future of the `select!` is safe: tokio's `read` is cancellation safe.
+/// One loop serves both pipes. It reads first and asks the sink for credit for what it read, so
+/// the end of a pipe is noticed whatever the credit (a command whose output exactly uses up its
+/// credit, or that prints nothing under zero credit, still ends). Bytes read beyond the credit
+/// are held in the pipe's read buffer, and that pipe is not read again until they are
+/// forwarded, so a stream without credit leaves its child blocked on a full pipe while memory
+/// stays at one read buffer per pipe. Dropping the losing futures of the `select!` is safe:
+/// tokio's `read` is cancellation safe and the sink's `reserve` takes nothing until it returns.
 async fn pump<S: OutputSink>(
-    mut stdout: Option<Pipe>,
-    mut stderr: Option<Pipe>,
+    stdout: Option<Pipe>,
+    stderr: Option<Pipe>,
     sink: Arc<S>,
     counters: Arc<Counters>,
     max_output: u64,
     stopped: CancellationToken,
 ) {
-    let mut out_buf = vec![0u8; FIRST_READ];
-    let mut err_buf = vec![0u8; FIRST_READ];
-    while stdout.is_some() || stderr.is_some() {
+    const FDS: [Fd; 2] = [Fd::Stdout, Fd::Stderr];
+    let mut pipes = [stdout, stderr];
+    let mut bufs = [vec![0u8; FIRST_READ], vec![0u8; FIRST_READ]];
+    // Bytes of each buffer read but not yet forwarded.
+    let mut held = [0..0, 0..0];
+    // The pipe whose held bytes are served first (alternates, so neither starves).
+    let mut turn = 0;
+    loop {
         let left = max_output.saturating_sub(counters.forwarded.load(Ordering::Relaxed));
         // Past the cap (or after a kill): keep the child unblocked and discard the rest.
         let discard = left == 0 || stopped.is_cancelled();
-        let (want, reserved) = if discard {
-            (out_buf.len().max(err_buf.len()), 0)
-        } else {
-            let want = out_buf.len().max(err_buf.len()).min(left as usize);
-            tokio::select! {
-                n = sink.reserve(want) => (n.min(want), n),
-                _ = stopped.cancelled() => continue,
-            }
-        };
-        let (out_len, err_len) = (out_buf.len(), err_buf.len());
-        let (fd, n) = tokio::select! {
-            n = read_some(&mut stdout, &mut out_buf[..want.min(out_len)]) => (Fd::Stdout, n),
-            n = read_some(&mut stderr, &mut err_buf[..want.min(err_len)]) => (Fd::Stderr, n),
-        };
-        let (total, buf, pipe) = match fd {
-            Fd::Stdout => (&counters.stdout, &mut out_buf, &mut stdout),
-            Fd::Stderr => (&counters.stderr, &mut err_buf, &mut stderr),
-        };
-        if n == 0 {
-            *pipe = None;
-            sink.output(fd, &[], reserved);
-            sink.eof(fd);
-            continue;
-        }
-        total.fetch_add(n as u64, Ordering::Relaxed);
         if discard {
-            counters.truncated.store(true, Ordering::Relaxed);
-            continue;
+            for range in held.iter_mut() {
+                if !(*range).is_empty() {
+                    counters.truncated.store(true, Ordering::Relaxed);
+                    *range = 0..0;
+                }
+            }
         }
-        counters.forwarded.fetch_add(n as u64, Ordering::Relaxed);
-        sink.output(fd, &buf[..n], reserved);
-        if n == buf.len() && buf.len() < READ_CHUNK {
-            buf.resize(buf.len() * 2, 0);
+        if pipes.iter().all(Option::is_none) && held.iter().all(|r| r.is_empty()) {
+            break;
         }
+        let serve = [turn, 1 - turn].into_iter().find(|&i| !held[i].is_empty());
+        let want = serve.map_or(0, |i| (held[i].len() as u64).min(left) as usize);
+        let [out_pipe, err_pipe] = &mut pipes;
+        let [out_buf, err_buf] = &mut bufs;
+        tokio::select! {
+            granted = sink.reserve(want), if serve.is_some() => {
+                let Some(i) = serve else { continue };
+                let n = granted.min(want);
+                let range = held[i].start..held[i].start + n;
+                counters.forwarded.fetch_add(n as u64, Ordering::Relaxed);
+                sink.output(FDS[i], &bufs[i][range], granted);
+                held[i].start += n;
+                if held[i].is_empty() {
+                    held[i] = 0..0;
+                }
+                turn = 1 - i;
+            }
+            n = read_some(out_pipe, &mut out_buf[..]), if held[0].is_empty() => {
+                take_read(0, n, &mut pipes, &mut bufs, &mut held, &counters, &*sink, discard);
+            }
+            n = read_some(err_pipe, &mut err_buf[..]), if held[1].is_empty() => {
+                take_read(1, n, &mut pipes, &mut bufs, &mut held, &counters, &*sink, discard);
+            }
+            _ = stopped.cancelled(), if !discard => {}
+            else => break,
+        }
+    }
+}
+
+/// Account for one read from pipe `i`: end of file closes it; otherwise the bytes are held for
+/// forwarding (or dropped when discarding).
+#[allow(clippy::too_many_arguments)]
+fn take_read<S: OutputSink>(
+    i: usize,
+    n: usize,
+    pipes: &mut [Option<Pipe>; 2],
+    bufs: &mut [Vec<u8>; 2],
+    held: &mut [std::ops::Range<usize>; 2],
+    counters: &Counters,
+    sink: &S,
+    discard: bool,
+) {
+    let fd = [Fd::Stdout, Fd::Stderr][i];
+    if n == 0 {
+        pipes[i] = None;
+        sink.eof(fd);
+        return;
+    }
+    let total = match fd {
+        Fd::Stdout => &counters.stdout,
+        Fd::Stderr => &counters.stderr,
+    };
+    total.fetch_add(n as u64, Ordering::Relaxed);
+    if discard {
+        counters.truncated.store(true, Ordering::Relaxed);
+        return;
+    }
+    held[i] = 0..n;
+    let buf = &mut bufs[i];
+    if n == buf.len() && buf.len() < READ_CHUNK {
+        buf.resize(buf.len() * 2, 0);
     }
 }
 
@@ -354,16 +427,20 @@ async fn read_some(pipe: &mut Option<Pipe>, buf: &mut [u8]) -> usize {
 
 /// The child's environment: the agent's own, minus secret variables and any variable whose
 /// value is one of the secrets.
+/// Names and values are OS strings: a variable that is not UTF-8 passes through unchanged
+/// (reading the environment as `String`s would panic on it).
 fn child_env(
-    base: impl Iterator<Item = (String, String)>,
+    base: impl Iterator<Item = (OsString, OsString)>,
     scrub: &[String],
     secrets: &[Secret],
-) -> Vec<(String, String)> {
+) -> Vec<(OsString, OsString)> {
     base.filter(|(k, v)| {
-        !scrub.iter().any(|s| s == k)
-            && !secrets
-                .iter()
-                .any(|s| !s.expose().is_empty() && v.contains(s.expose()))
+        let v = v.as_encoded_bytes();
+        !scrub.iter().any(|s| k == s.as_str())
+            && !secrets.iter().any(|s| {
+                let s = s.expose().as_bytes();
+                !s.is_empty() && v.windows(s.len()).any(|w| w == s)
+            })
     })
     .collect()
 }
@@ -498,13 +575,120 @@ mod tests {
             ("CREDENTIALS_DIRECTORY", "/run/creds"),
             ("COPY", "prefix-hunter2-secret"),
         ]
-        .map(|(k, v)| (k.to_string(), v.to_string()));
+        .map(|(k, v)| (OsString::from(k), OsString::from(v)));
         let env = child_env(
             base.into_iter(),
             &ExecLimits::default().scrub_env,
             &[Secret::new("hunter2-secret")],
         );
-        assert_eq!(env, vec![("PATH".to_string(), "/bin".to_string())]);
+        assert_eq!(env, vec![("PATH".into(), "/bin".into())]);
+    }
+
+    #[test]
+    fn variables_that_are_not_utf8_pass_through_and_are_still_scrubbed() {
+        use std::os::unix::ffi::OsStringExt;
+        let odd = OsString::from_vec(vec![b'a', 0xff, b'b']);
+        let odd_secret = OsString::from_vec(vec![0xfe, b'h', b'u', b'n', b't', b'e', b'r', b'2']);
+        let base = [
+            (OsString::from("ODD"), odd.clone()),
+            (OsString::from("LEAK"), odd_secret),
+        ];
+        let env = child_env(base.into_iter(), &[], &[Secret::new("hunter2")]);
+        assert_eq!(env, vec![("ODD".into(), odd)]);
+    }
+
+    /// A sink that grants exactly `budget` bytes in total, then waits for ever (a backend that
+    /// grants only what it wants, or starts a stream paused).
+    struct Budget {
+        left: std::sync::Mutex<usize>,
+        out: std::sync::Mutex<Vec<u8>>,
+    }
+    impl OutputSink for Budget {
+        fn started(&self, _pid: u32) {}
+        async fn reserve(&self, want: usize) -> usize {
+            let take = {
+                let mut left = self.left.lock().unwrap();
+                let take = want.min(*left);
+                *left -= take;
+                take
+            };
+            if take == 0 {
+                std::future::pending::<()>().await;
+            }
+            take
+        }
+        fn output(&self, _fd: Fd, data: &[u8], _reserved: usize) {
+            self.out.lock().unwrap().extend_from_slice(data);
+        }
+        fn eof(&self, _fd: Fd) {}
+    }
+
+    async fn run_with_budget(cmd: &str, budget: usize) -> (Outcome, Vec<u8>) {
+        let sink = Arc::new(Budget {
+            left: std::sync::Mutex::new(budget),
+            out: Default::default(),
+        });
+        let out = run(
+            spec(cmd, 20_000),
+            &ExecLimits::default(),
+            &[],
+            sink.clone(),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        let bytes = sink.out.lock().unwrap().clone();
+        (out, bytes)
+    }
+
+    #[tokio::test]
+    async fn output_that_exactly_uses_up_the_credit_still_ends() {
+        let (out, bytes) = run_with_budget("printf abc", 3).await;
+        assert_eq!(bytes, b"abc");
+        assert_eq!(out.exit_code, Some(0));
+        assert!(!out.timed_out, "{out:?}");
+        assert_eq!(out.killed_with, None);
+    }
+
+    #[tokio::test]
+    async fn a_silent_command_ends_under_zero_credit() {
+        let (out, bytes) = run_with_budget("true", 0).await;
+        assert!(bytes.is_empty());
+        assert_eq!(out.exit_code, Some(0));
+        assert!(!out.timed_out, "{out:?}");
+    }
+
+    #[tokio::test]
+    async fn output_beyond_the_credit_waits_and_the_child_blocks() {
+        // 1 byte of credit for 4 MiB: the rest is held (or left in the pipe) and the command can
+        // only end by its timeout, with the pipes' bytes never forwarded.
+        let sink = Arc::new(Budget {
+            left: std::sync::Mutex::new(1),
+            out: Default::default(),
+        });
+        let out = run(
+            spec("head -c 4194304 /dev/zero; echo done >&2", 500),
+            &ExecLimits {
+                kill_grace: Duration::from_millis(200),
+                ..ExecLimits::default()
+            },
+            &[],
+            sink.clone(),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        assert!(out.timed_out, "{out:?}");
+        assert_eq!(sink.out.lock().unwrap().len(), 1);
+        // The agent read at most its read buffer plus the pipe's capacity, not the 4 MiB.
+        assert!(out.stdout_bytes < 4 << 20, "{out:?}");
+    }
+
+    #[test]
+    fn a_process_group_is_never_zero() {
+        assert_eq!(ProcessGroup::of(0), None);
+        assert_eq!(ProcessGroup::of(u32::MAX), None);
+        assert_eq!(ProcessGroup::of(42), Some(ProcessGroup(Pid::from_raw(42))));
     }
 
     #[tokio::test]

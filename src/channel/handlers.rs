@@ -1,24 +1,28 @@
-//! Request handlers: one per request type, all behind [`dispatch`].
+//! Request handlers: one per request type, all behind [`dispatch`]. Each decodes what the
+//! protocol carries, calls a service and turns its outcome into stream events; the work itself
+//! (checks, audit, running) is the service's.
 //!
 //! A request that is valid becomes a stream (so its id is never run twice). A request whose
 //! fields are wrong gets an unsequenced `error` with its id and does not become a stream: the
 //! backend may correct it and send it again.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use dtma_protocol::{
     AgentMessage, CancelResult, ErrorCode, ErrorEvent, Exit, Request, RequestBody, ResultEvent,
     Started,
 };
-use tracing::{info, warn};
+use tracing::info;
 
-use crate::agent::Agent;
-use crate::exec::{self, ExecSpec, OutputSink};
-use crate::streams::{OpenError, StreamHandle};
+use super::Channel;
+use super::streams::{OpenError, StreamHandle};
+use crate::exec::{ExecSpec, OutputSink};
+use crate::services::commands::{CommandEnd, CommandRequest, CommandSink, Refused, Source};
+use crate::services::{ShuttingDown, admit};
 
 /// Handle one request. Returns an unsequenced reply when the request did not become a stream.
-pub fn dispatch(agent: &Arc<Agent>, req: Request) -> Option<AgentMessage> {
+pub async fn dispatch(channel: &Arc<Channel>, req: Request) -> Option<AgentMessage> {
+    let agent = channel.agent();
     let unsequenced = |code, message: String| {
         Some(AgentMessage::Error(ErrorEvent {
             id: Some(req.id.clone()),
@@ -27,11 +31,8 @@ pub fn dispatch(agent: &Arc<Agent>, req: Request) -> Option<AgentMessage> {
             message,
         }))
     };
-    if agent.draining.load(Ordering::Relaxed) {
-        return unsequenced(
-            ErrorCode::ShuttingDown,
-            "the agent is shutting down and takes no new work".into(),
-        );
+    if let Err(e) = admit(agent) {
+        return unsequenced(ErrorCode::ShuttingDown, e.to_string());
     }
     let expired = match req.expires_at.as_deref().map(crate::parse_rfc3339) {
         None => false,
@@ -50,7 +51,7 @@ pub fn dispatch(agent: &Arc<Agent>, req: Request) -> Option<AgentMessage> {
                 e.command.clone(),
                 e.timeout_ms,
                 e.max_output_bytes,
-                &agent.config.exec,
+                &agent.config().exec,
             )
             .and_then(|s| s.with_env(e.env.clone()))
             .and_then(|s| s.with_cwd(e.cwd.clone()));
@@ -68,8 +69,8 @@ pub fn dispatch(agent: &Arc<Agent>, req: Request) -> Option<AgentMessage> {
         RequestBody::Exec(e) => e.credit,
         _ => None,
     };
-    let token = agent.work.child_token();
-    let stream = match agent.registry.open(&req.id, credit, token.clone()) {
+    let token = agent.work_token();
+    let stream = match channel.registry().open(&req.id, credit, token.clone()) {
         Ok(s) => s,
         Err(OpenError::Duplicate(state)) => return Some(AgentMessage::State(state)),
         Err(OpenError::TooMany) => {
@@ -77,7 +78,7 @@ pub fn dispatch(agent: &Arc<Agent>, req: Request) -> Option<AgentMessage> {
                 ErrorCode::TooManyStreams,
                 format!(
                     "the agent holds {} streams already; retry when some are acknowledged",
-                    agent.config.streams.max_streams
+                    agent.config().streams.max_streams
                 ),
             );
         }
@@ -96,21 +97,31 @@ pub fn dispatch(agent: &Arc<Agent>, req: Request) -> Option<AgentMessage> {
     match req.body {
         RequestBody::Exec(_) => {
             if let Some(spec) = spec {
-                let caller = crate::agent::backend_caller();
-                let decision =
-                    agent.authorize_exec("channel", &caller, Some(&req.id), &spec.command);
-                if decision.allowed {
-                    start_exec(agent, stream, spec, token);
-                } else {
-                    stream.fail(
-                        ErrorCode::Denied,
-                        format!("denied by rule `{}`: {}", decision.rule, decision.reason),
-                    );
+                let command = CommandRequest {
+                    source: Source::Channel,
+                    caller: crate::agent::backend_caller(),
+                    request_id: Some(req.id.clone()),
+                    spec,
+                };
+                let stream = Arc::new(stream);
+                let services = channel.services();
+                if let Err(e) = services
+                    .commands
+                    .start(command, stream.clone(), token)
+                    .await
+                {
+                    let code = match &e {
+                        Refused::ShuttingDown(ShuttingDown) => ErrorCode::ShuttingDown,
+                        Refused::Denied { .. } => ErrorCode::Denied,
+                        // The channel's own bound is `max_streams`; no slot is taken here.
+                        Refused::Busy { .. } => ErrorCode::Internal,
+                    };
+                    stream.fail(code, e.to_string());
                 }
             }
         }
         RequestBody::Cancel(c) => {
-            let (cancelled, phase) = agent.registry.cancel(&c.target);
+            let (cancelled, phase) = channel.registry().cancel(&c.target);
             info!(request_id = %req.id, target = %c.target, cancelled, "Cancel requested.");
             finish_result(
                 &stream,
@@ -143,68 +154,7 @@ fn finish_result(stream: &StreamHandle, data: Result<serde_json::Value, serde_js
     }
 }
 
-fn start_exec(
-    agent: &Arc<Agent>,
-    stream: StreamHandle,
-    spec: ExecSpec,
-    token: tokio_util::sync::CancellationToken,
-) {
-    let agent2 = agent.clone();
-    agent.tracker.spawn(async move {
-        let stream = Arc::new(stream);
-        let id = stream.id().to_owned();
-        info!(request_id = %id, "Exec started.");
-        let command = spec.command.clone();
-        let result = exec::run(
-            spec,
-            &agent2.config.exec,
-            &agent2.config.secrets,
-            stream.clone(),
-            token,
-        )
-        .await;
-        match result {
-            Ok(o) => {
-                agent2.audit_outcome(
-                    "channel",
-                    &crate::agent::backend_caller(),
-                    Some(&id),
-                    &command,
-                    &o,
-                );
-                info!(
-                    request_id = %id,
-                    exit_code = ?o.exit_code,
-                    signal = ?o.signal,
-                    timed_out = o.timed_out,
-                    cancelled = o.cancelled,
-                    duration_ms = o.duration.as_millis() as u64,
-                    "Exec finished."
-                );
-                stream.finish(|seq| {
-                    AgentMessage::Exit(Exit {
-                        id,
-                        seq,
-                        exit_code: o.exit_code,
-                        signal: o.signal,
-                        timed_out: o.timed_out,
-                        cancelled: o.cancelled,
-                        killed_with: o.killed_with.map(str::to_owned),
-                        duration_ms: o.duration.as_millis() as u64,
-                        stdout_bytes: o.stdout_bytes,
-                        stderr_bytes: o.stderr_bytes,
-                        truncated: o.truncated,
-                    })
-                });
-            }
-            Err(e) => {
-                warn!(request_id = %id, error = %e, "Exec could not start.");
-                stream.fail(ErrorCode::SpawnFailed, e.to_string());
-            }
-        }
-    });
-}
-
+/// A command's events become the stream's `started`, `output` and terminal events.
 impl OutputSink for StreamHandle {
     fn started(&self, pid: u32) {
         let id = self.id().to_owned();
@@ -225,5 +175,30 @@ impl OutputSink for StreamHandle {
     }
     fn eof(&self, fd: dtma_protocol::Fd) {
         StreamHandle::eof(self, fd);
+    }
+}
+
+impl CommandSink for StreamHandle {
+    fn end(&self, end: CommandEnd) {
+        let id = self.id().to_owned();
+        match end {
+            CommandEnd::Exited(o) => self.finish(|seq| {
+                AgentMessage::Exit(Exit {
+                    id,
+                    seq,
+                    exit_code: o.exit_code,
+                    signal: o.signal,
+                    timed_out: o.timed_out,
+                    cancelled: o.cancelled,
+                    killed_with: o.killed_with.map(str::to_owned),
+                    duration_ms: o.duration.as_millis() as u64,
+                    stdout_bytes: o.stdout_bytes,
+                    stderr_bytes: o.stderr_bytes,
+                    truncated: o.truncated,
+                })
+            }),
+            CommandEnd::SpawnFailed(message) => self.fail(ErrorCode::SpawnFailed, message),
+            CommandEnd::Internal(message) => self.fail(ErrorCode::Internal, message),
+        }
     }
 }

@@ -13,16 +13,15 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use base64::Engine as _;
 use dtma_protocol::{
-    AgentMessage, Encoding, ErrorCode, ErrorEvent, Fd, ResumePoint, StateEvent, StreamPhase,
-    StreamResume,
+    AgentMessage, ErrorCode, ErrorEvent, Fd, ResumePoint, StateEvent, StreamPhase, StreamResume,
 };
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::StreamLimits;
+use crate::text::{Chunk, Utf8Carry};
 
 /// Smallest free buffer space worth a read, so a nearly full buffer does not produce a storm
 /// of tiny frames.
@@ -85,6 +84,8 @@ struct Inner {
 pub struct Registry {
     inner: Mutex<Inner>,
     writer: Notify,
+    /// Woken when the last held stream is acknowledged and removed.
+    emptied: Notify,
     limits: StreamLimits,
 }
 
@@ -104,6 +105,7 @@ impl Registry {
                 ..Inner::default()
             }),
             writer: Notify::new(),
+            emptied: Notify::new(),
             limits,
         })
     }
@@ -160,7 +162,7 @@ impl Registry {
             registry: self.clone(),
             id: id.to_owned(),
             space,
-            carry: Mutex::new([Vec::new(), Vec::new()]),
+            carry: Mutex::new(Utf8Carry::default()),
         })
     }
 
@@ -235,6 +237,22 @@ impl Registry {
         if s.finished && s.frames.is_empty() {
             inner.streams.remove(id);
             remember_closed(inner, id, self.limits.remembered_ids);
+            if inner.streams.is_empty() {
+                self.emptied.notify_waiters();
+            }
+        }
+    }
+
+    /// Wait until no stream is held: every terminal event has been acknowledged.
+    pub async fn wait_all_acked(&self) {
+        loop {
+            let emptied = self.emptied.notified();
+            tokio::pin!(emptied);
+            emptied.as_mut().enable();
+            if self.lock().streams.is_empty() {
+                return;
+            }
+            emptied.await;
         }
     }
 
@@ -386,7 +404,7 @@ pub struct StreamHandle {
     space: Arc<Notify>,
     /// Bytes of an incomplete UTF-8 character at the end of the last chunk, per fd. Only the
     /// producer touches it, outside the registry lock.
-    carry: Mutex<[Vec<u8>; 2]>,
+    carry: Mutex<Utf8Carry>,
 }
 
 impl StreamHandle {
@@ -468,7 +486,7 @@ impl StreamHandle {
         let mut frames: Vec<(u64, String)> = Vec::with_capacity(1);
         {
             let mut carry = self.carry.lock().unwrap_or_else(|p| p.into_inner());
-            for_each_chunk(&mut carry[fd_index(fd)], data, |chunk| {
+            carry.push(fd, data, |chunk| {
                 let seq = next_seq + frames.len() as u64;
                 frames.push((seq, output_frame(&self.id, seq, fd, chunk)));
             });
@@ -489,7 +507,7 @@ impl StreamHandle {
     pub fn eof(&self, fd: Fd) {
         let rest = {
             let mut carry = self.carry.lock().unwrap_or_else(|p| p.into_inner());
-            std::mem::take(&mut carry[fd_index(fd)])
+            carry.finish(fd)
         };
         if rest.is_empty() {
             return;
@@ -509,107 +527,9 @@ fn output_frame(id: &str, seq: u64, fd: Fd, chunk: Chunk<'_>) -> String {
     }
 }
 
-/// A piece of output ready to encode: text (valid UTF-8, whole characters) or other bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Chunk<'a> {
-    Text(&'a str),
-    Binary(&'a [u8]),
-}
-
-fn fd_index(fd: Fd) -> usize {
-    match fd {
-        Fd::Stdout => 0,
-        Fd::Stderr => 1,
-    }
-}
-
-/// Split `carry + data` into chunks that never cut a UTF-8 character: valid text as
-/// [`Chunk::Text`], anything that is not UTF-8 as [`Chunk::Binary`]. An incomplete character at
-/// the end is carried over. Emits at most one chunk per call.
-pub fn for_each_chunk(carry: &mut Vec<u8>, data: &[u8], mut emit: impl FnMut(Chunk<'_>)) {
-    let joined;
-    let buf: &[u8] = if carry.is_empty() {
-        data
-    } else {
-        let mut v = std::mem::take(carry);
-        v.extend_from_slice(data);
-        joined = v;
-        &joined
-    };
-    match std::str::from_utf8(buf) {
-        Ok(text) => emit(Chunk::Text(text)),
-        Err(e) if e.error_len().is_none() => {
-            // Only the tail is incomplete: send the valid prefix, keep the tail (<= 3 bytes).
-            let (valid, tail) = buf.split_at(e.valid_up_to());
-            *carry = tail.to_vec();
-            if let Ok(text) = std::str::from_utf8(valid)
-                && !text.is_empty()
-            {
-                emit(Chunk::Text(text));
-            }
-        }
-        Err(_) => emit(Chunk::Binary(buf)),
-    }
-}
-
-/// [`for_each_chunk`] with owned, encoded chunks (for sinks that build their own events).
-pub fn split_utf8(carry: &mut Vec<u8>, data: &[u8]) -> Vec<(Encoding, String)> {
-    let mut out = Vec::new();
-    for_each_chunk(carry, data, |chunk| {
-        out.push(match chunk {
-            Chunk::Text(t) => (Encoding::Utf8, t.to_owned()),
-            Chunk::Binary(b) => (
-                Encoding::Base64,
-                base64::engine::general_purpose::STANDARD.encode(b),
-            ),
-        });
-    });
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn decode_all(chunks: &[(Encoding, String)]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for (enc, data) in chunks {
-            match enc {
-                Encoding::Utf8 => out.extend_from_slice(data.as_bytes()),
-                Encoding::Base64 => out.extend(
-                    base64::engine::general_purpose::STANDARD
-                        .decode(data)
-                        .unwrap(),
-                ),
-            }
-        }
-        out
-    }
-
-    #[test]
-    fn utf8_split_never_cuts_a_character() {
-        let text = "héllo wörld ✓ 𝄞".as_bytes();
-        for cut in 0..text.len() {
-            let mut carry = Vec::new();
-            let mut chunks = split_utf8(&mut carry, &text[..cut]);
-            chunks.extend(split_utf8(&mut carry, &text[cut..]));
-            assert!(carry.is_empty());
-            assert!(
-                chunks.iter().all(|(e, _)| *e == Encoding::Utf8),
-                "cut {cut}"
-            );
-            assert_eq!(decode_all(&chunks), text);
-        }
-    }
-
-    #[test]
-    fn invalid_bytes_travel_as_base64_unchanged() {
-        let bytes = [0xffu8, 0xfe, b'a', 0x80, 0xc3];
-        let mut carry = Vec::new();
-        let chunks = split_utf8(&mut carry, &bytes);
-        assert_eq!(chunks[0].0, Encoding::Base64);
-        assert_eq!(decode_all(&chunks), bytes);
-    }
 
     #[tokio::test]
     async fn resend_after_reconnect_starts_at_the_backends_ack() {

@@ -1,0 +1,244 @@
+//! The local HTTP adapter on `DTMA_LISTEN` (default 127.0.0.1:30000): the seed's endpoints with
+//! the seed's response shapes, for the backend's old HTTP path and for a person on the droplet.
+//!
+//! Each route only decodes (auth, path, query, body), calls a service and encodes its answer;
+//! every failure is an [`ApiError`] turned into JSON by [`error::handle_rejection`]:
+//! 400 bad input, 401 auth, 403 role or policy, 404, 405, 411/413 body size, 429 too many
+//! commands, 503 Docker or shutdown.
+//!
+//! - [`commands`]: `/ssh/execute`, buffered or SSE.
+//! - [`body`]: JSON bodies, and the 413 that reaches clients that send everything first.
+//! - [`error`]: the error body and the rejection mapping.
+
+pub mod body;
+pub mod commands;
+pub mod error;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use warp::http::StatusCode;
+use warp::{Filter, Rejection, Reply};
+
+use crate::auth::Caller;
+use crate::policy::Role;
+use crate::services::Services;
+pub use commands::HTTP_MAX_OUTPUT;
+pub use error::ApiError;
+
+/// Largest request body accepted.
+pub const MAX_BODY: u64 = 1 << 20;
+
+/// Every route of the local API.
+pub fn routes(
+    services: Arc<Services>,
+) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
+    let with_services = {
+        let s = services.clone();
+        warp::any().map(move || s.clone())
+    };
+    let auth = with_services
+        .clone()
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::addr::remote())
+        .and_then(authenticate)
+        .untuple_one();
+
+    let health = warp::path!("health")
+        .and(warp::get())
+        .and(with_services.clone())
+        .map(|s: Arc<Services>| warp::reply::json(&health_body(&s)));
+
+    let execute = warp::path!("ssh" / "execute")
+        .and(warp::post())
+        .and(auth.clone())
+        .and(warp::query::<HashMap<String, String>>())
+        .and(body::json::<commands::ExecuteRequest>())
+        .and_then(commands::execute);
+
+    let mcp_status = warp::path!("mcp" / "status")
+        .and(warp::get())
+        .and(auth.clone())
+        .and_then(|s: Arc<Services>, _c: Caller| async move {
+            let v = s.diagnostics.mcp_status().await.map_err(ApiError::from)?;
+            Ok::<_, Rejection>(success_merged(v))
+        });
+    let mcp_deploy = warp::path!("mcp" / "groups")
+        .and(warp::post())
+        .and(auth.clone())
+        .and(body::json::<serde_json::Value>())
+        .and_then(
+            |s: Arc<Services>, c: Caller, body: serde_json::Value| async move {
+                require_operator(&c)?;
+                let group = body
+                    .get("groupId")
+                    .and_then(|g| g.as_str())
+                    .filter(|g| !g.is_empty())
+                    .ok_or_else(|| ApiError::bad_request("field `groupId` is missing or empty"))?;
+                let servers_ok = body.get("servers").is_some_and(|s| s.is_array());
+                if !servers_ok {
+                    return Err(ApiError::bad_request("field `servers` must be an array").into());
+                }
+                docker_pending(&s, &format!("deploying MCP group `{group}`")).await
+            },
+        );
+    let mcp_remove = warp::path!("mcp" / "groups" / String)
+        .and(warp::delete())
+        .and(auth.clone())
+        .and_then(|group: String, s: Arc<Services>, c: Caller| async move {
+            require_operator(&c)?;
+            docker_pending(&s, &format!("removing MCP group `{group}`")).await
+        });
+    let mcp_restart = warp::path!("mcp" / "servers" / String / "restart")
+        .and(warp::post())
+        .and(auth.clone())
+        .and_then(|name: String, s: Arc<Services>, c: Caller| async move {
+            require_operator(&c)?;
+            docker_pending(&s, &format!("restarting MCP server `{name}`")).await
+        });
+
+    let diag_docker = warp::path!("diagnostics" / "docker")
+        .and(warp::get())
+        .and(auth.clone())
+        .and_then(|s: Arc<Services>, _c: Caller| async move {
+            let d = s.diagnostics.docker().await.map_err(ApiError::from)?;
+            Ok::<_, Rejection>(success("diagnostics", d))
+        });
+    let diag_system = warp::path!("diagnostics" / "system")
+        .and(warp::get())
+        .and(auth.clone())
+        .and_then(|s: Arc<Services>, _c: Caller| async move {
+            let d = s.diagnostics.system().await.map_err(ApiError::from)?;
+            Ok::<_, Rejection>(success("diagnostics", d))
+        });
+    let diag_logs = warp::path!("diagnostics" / "logs")
+        .and(warp::get())
+        .and(auth.clone())
+        .and(warp::query::<HashMap<String, String>>())
+        .and_then(logs);
+    let status = warp::path!("status")
+        .and(warp::get())
+        .and(auth.clone())
+        .and_then(|s: Arc<Services>, _c: Caller| async move {
+            Ok::<_, Rejection>(warp::reply::json(&s.diagnostics.console_status().await))
+        });
+
+    health
+        .or(execute)
+        .or(mcp_status)
+        .or(mcp_deploy)
+        .or(mcp_remove)
+        .or(mcp_restart)
+        .or(diag_docker)
+        .or(diag_system)
+        .or(diag_logs)
+        .or(status)
+        .with(warp::log::custom(|info| {
+            tracing::debug!(
+                method = %info.method(),
+                path = info.path(),
+                status = info.status().as_u16(),
+                elapsed_ms = info.elapsed().as_millis() as u64,
+                "HTTP request."
+            );
+        }))
+        .recover(error::handle_rejection)
+}
+
+/// `{"success": true, <key>: <value>, "timestamp": ...}`, the seed's envelope.
+fn success(key: &str, value: serde_json::Value) -> warp::reply::Response {
+    let mut body = serde_json::Map::new();
+    body.insert(key.into(), value);
+    success_merged(serde_json::Value::Object(body))
+}
+
+/// The seed's envelope around an object's own fields.
+fn success_merged(value: serde_json::Value) -> warp::reply::Response {
+    let mut body = serde_json::Map::new();
+    body.insert("success".into(), true.into());
+    if let serde_json::Value::Object(fields) = value {
+        body.extend(fields);
+    }
+    body.insert("timestamp".into(), crate::now_rfc3339().into());
+    warp::reply::json(&serde_json::Value::Object(body)).into_response()
+}
+
+fn health_body(s: &Services) -> serde_json::Value {
+    let a = s.agent();
+    serde_json::json!({
+        "status": if a.is_draining() { "draining" } else { "ok" },
+        "service": "dtma",
+        "version": crate::VERSION,
+        "uptime_s": a.uptime().as_secs(),
+        "channel_configured": a.config().channel.is_some(),
+        "channel_connected": a.link_up(),
+        "timestamp": crate::now_rfc3339(),
+    })
+}
+
+async fn authenticate(
+    services: Arc<Services>,
+    header: Option<String>,
+    peer: Option<SocketAddr>,
+) -> Result<(Arc<Services>, Caller), Rejection> {
+    let ip = peer.map(|p| p.ip());
+    let auth = services.agent().auth();
+    match auth.check(header.as_deref()) {
+        Ok(caller) => {
+            auth.succeeded(ip);
+            Ok((services, caller))
+        }
+        Err(e) => {
+            let delay = auth.failed(ip);
+            tracing::info!(peer = ?peer, reason = %e, delay_ms = delay.as_millis() as u64, "Local API auth failed.");
+            tokio::time::sleep(delay).await;
+            Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string()).into())
+        }
+    }
+}
+
+fn require_operator(c: &Caller) -> Result<(), Rejection> {
+    if c.role == Role::Diagnostics {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "token `{}` has the diagnostics role; this needs operator or admin",
+                c.name
+            ),
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// MCP management: routes and auth are here; the Docker work arrives with the Docker issue.
+async fn docker_pending(s: &Services, what: &str) -> Result<warp::reply::Response, Rejection> {
+    s.diagnostics.mcp_status().await.map_err(ApiError::from)?;
+    Err(ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "not_implemented",
+        format!("{what} is not implemented by this agent build yet"),
+    )
+    .into())
+}
+
+async fn logs(
+    s: Arc<Services>,
+    _c: Caller,
+    q: HashMap<String, String>,
+) -> Result<warp::reply::Response, Rejection> {
+    let lines = match q.get("lines") {
+        None => 100,
+        Some(v) => v.parse::<usize>().map_err(|_| {
+            ApiError::bad_request(format!(
+                "query parameter `lines` must be a whole number from 1 to {}, got `{v}`",
+                crate::services::diagnostics::MAX_LOG_LINES
+            ))
+        })?,
+    };
+    let v = s.diagnostics.logs(lines).await.map_err(ApiError::from)?;
+    Ok(success("logs", v))
+}

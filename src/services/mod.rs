@@ -1,0 +1,53 @@
+//! The service layer: one service per capability, owning a request's whole life (checks, audit,
+//! concurrency, the work, the terminal outcome). Both adapters, the channel (`crate::channel`)
+//! and the local API (`crate::api`), only decode a request, call a service and encode what it
+//! returns or streams; a new capability is one service here plus two small adapters.
+//!
+//! **Invariant:** services never import an adapter. They receive a sink (a trait) for events and
+//! return typed outcomes and errors; each adapter maps those to its own wire (protocol events,
+//! JSON bodies, SSE) in one place.
+
+pub mod commands;
+pub mod diagnostics;
+
+use std::sync::Arc;
+
+use crate::agent::Agent;
+
+pub use commands::CommandService;
+pub use diagnostics::DiagnosticsService;
+
+/// Every service, over one shared [`Agent`]. Adapters hold an `Arc<Services>`.
+pub struct Services {
+    agent: Arc<Agent>,
+    pub commands: CommandService,
+    pub diagnostics: DiagnosticsService,
+}
+
+impl Services {
+    pub fn new(agent: Arc<Agent>) -> Arc<Services> {
+        Arc::new(Services {
+            commands: CommandService::new(agent.clone()),
+            diagnostics: DiagnosticsService::new(agent.clone()),
+            agent,
+        })
+    }
+
+    pub fn agent(&self) -> &Arc<Agent> {
+        &self.agent
+    }
+}
+
+/// The agent is shutting down: the one check every service makes before taking new work.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the agent is shutting down and takes no new work")]
+pub struct ShuttingDown;
+
+/// Refuse new work while draining.
+pub fn admit(agent: &Agent) -> Result<(), ShuttingDown> {
+    if agent.is_draining() {
+        Err(ShuttingDown)
+    } else {
+        Ok(())
+    }
+}
