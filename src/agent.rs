@@ -212,3 +212,26 @@ impl Agent {
         self.audit.close().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::NamedPattern;
+
+    #[test]
+    fn a_policy_that_does_not_compile_stops_the_start() {
+        let mut config = Config::for_channel("t", None);
+        config.policy.extra_deny.push(NamedPattern {
+            name: "broken".into(),
+            pattern: "(".into(),
+        });
+        match Agent::new(config) {
+            Err(e @ StartError::Policy(_)) => {
+                assert_eq!(e.exit_code(), 64);
+                assert!(e.to_string().contains("broken"), "{e}");
+            }
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("the agent started without its configured deny rules"),
+        }
+    }
+}

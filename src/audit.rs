@@ -15,6 +15,8 @@ use tokio::sync::mpsc;
 
 /// Records queued for the writer thread before callers have to wait.
 const QUEUE: usize = 4096;
+/// How long shutdown waits for the writer to flush the queue.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One audited decision.
 #[derive(Debug, Serialize)]
@@ -105,8 +107,17 @@ impl AuditLog {
         drop(self.tx.lock().unwrap_or_else(|p| p.into_inner()).take());
         let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(w) = writer {
-            // The thread ends once every sender is gone and the queue is empty.
-            let _ = tokio::task::spawn_blocking(move || w.join()).await;
+            // The thread ends once every sender is gone and the queue is empty. A log that
+            // never accepts writes (a hung mount) must not hold shutdown for ever.
+            let joined =
+                tokio::time::timeout(CLOSE_WAIT, tokio::task::spawn_blocking(move || w.join()))
+                    .await;
+            if joined.is_err() {
+                tracing::error!(
+                    wait_s = CLOSE_WAIT.as_secs(),
+                    "The audit log did not accept its last records in time; they may be lost."
+                );
+            }
         }
     }
 }

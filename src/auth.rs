@@ -139,15 +139,11 @@ fn delay_for(failures: u32) -> Duration {
     (Duration::from_millis(250) * 2u32.pow(exp)).min(MAX_DELAY)
 }
 
-/// Equal-time comparison: the time depends on the lengths only, never on where bytes differ.
+/// Equal-time comparison (`subtle`): the time depends on the lengths only, never on where the
+/// bytes differ.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = (a.len() ^ b.len()) as u8 | ((a.len() ^ b.len()) >> 8) as u8;
-    for i in 0..a.len().max(b.len()) {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0xff);
-        diff |= x ^ y;
-    }
-    diff == 0
+    use subtle::ConstantTimeEq;
+    a.ct_eq(b).into()
 }
 
 #[cfg(test)]
@@ -201,6 +197,8 @@ mod tests {
         assert!(!constant_time_eq(b"abc", b"ab"));
         assert!(!constant_time_eq(b"", b"\xff"));
         assert!(constant_time_eq(b"", b""));
+        // Lengths that differ by a multiple of 65536 are still different.
+        assert!(!constant_time_eq(b"", &[0u8; 65536]));
     }
 
     #[test]

@@ -522,3 +522,85 @@ async fn exec_takes_stdin_cwd_and_env() {
         other => panic!("expected spawn_failed, got {other:?}"),
     }
 }
+
+/// A backend that grants exactly what it wants (or starts a stream paused) still sees the
+/// command end: the end of output and the child's exit are noticed without credit.
+#[tokio::test]
+async fn output_that_uses_up_its_credit_exactly_still_ends() {
+    let cp = Cp::start(Options::default()).await;
+    let _agent = InProc::start(agent_config("credit", cp.url())).await;
+    within(10, "agent connect", cp.cp.wait_for_agent("credit")).await;
+    for (command, credit, stdout) in [("printf abc", 3, &b"abc"[..]), ("true", 0, &b""[..])] {
+        let s = cp
+            .cp
+            .request(
+                "credit",
+                RequestBody::Exec(Exec {
+                    command: command.into(),
+                    timeout_ms: Some(30_000),
+                    credit: Some(credit),
+                    ..Exec::default()
+                }),
+            )
+            .unwrap()
+            .manual_credit();
+        let c = within(60, command, collect(s)).await;
+        assert_eq!(c.stdout, stdout, "{command}");
+        let exit = c.exit.unwrap();
+        assert_eq!(exit.exit_code, Some(0), "{command}: {exit:?}");
+        assert!(
+            !exit.timed_out && exit.killed_with.is_none(),
+            "{command}: {exit:?}"
+        );
+    }
+}
+
+/// Audit records are written by their own thread: an audit log that blocks (here a FIFO that
+/// nobody reads yet, as a hung disk would) stalls neither the channel nor the commands, and
+/// every record arrives once the log moves again.
+#[tokio::test]
+async fn a_blocked_audit_log_stalls_nothing_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("audit.jsonl");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let cp = Cp::start(Options::default()).await;
+    let mut config = agent_config("audit", cp.url());
+    config.audit.path = Some(fifo.clone());
+    let agent = InProc::start(config).await;
+    within(10, "agent connect", cp.cp.wait_for_agent("audit")).await;
+
+    // Opening the FIFO for writing blocks until a reader comes: the writer thread is stuck.
+    for i in 0..3 {
+        let s = cp
+            .cp
+            .request("audit", exec(&format!("echo run-{i}")))
+            .unwrap();
+        let c = within(30, "exec while the audit log is blocked", collect(s)).await;
+        assert_eq!(c.stdout, format!("run-{i}\n").as_bytes());
+    }
+    let s = cp.cp.request("audit", exec("reboot")).unwrap();
+    let c = within(30, "a denial while the audit log is blocked", collect(s)).await;
+    assert!(matches!(
+        c.events.last(),
+        Some(AgentMessage::Error(e)) if e.code == ErrorCode::Denied
+    ));
+
+    // Now read the FIFO; shutting down flushes whatever is still queued.
+    let reader = tokio::task::spawn_blocking(move || std::fs::read_to_string(&fifo).unwrap());
+    agent.shutdown().await;
+    let text = within(30, "audit records", reader).await.unwrap();
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let count = |decision: &str| records.iter().filter(|r| r["decision"] == decision).count();
+    assert_eq!(
+        (count("allowed"), count("finished"), count("denied")),
+        (3, 3, 1),
+        "{text}"
+    );
+}
