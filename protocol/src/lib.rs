@@ -1115,11 +1115,14 @@ pub mod fast {
         out
     }
 
-    /// The JSON of an `output` event carrying `raw` as base64.
+    /// The JSON of an `output` event carrying `raw` as standard base64 with padding. The
+    /// buffer is sized for the encoded text up front; `encode_string` appends through a stack
+    /// buffer, so the frame is the only allocation.
     pub fn output_base64(id: &str, seq: u64, fd: Fd, raw: &[u8]) -> String {
-        let mut out = head(id, seq, fd, Encoding::Base64, raw.len() / 3 * 4 + 4);
+        use base64::Engine as _;
+        let mut out = head(id, seq, fd, Encoding::Base64, raw.len().div_ceil(3) * 4);
         out.push('"');
-        base64_into(&mut out, raw);
+        base64::engine::general_purpose::STANDARD.encode_string(raw, &mut out);
         out.push_str("\"}");
         out
     }
@@ -1139,36 +1142,6 @@ pub mod fast {
             Encoding::Base64 => ",\"encoding\":\"base64\",\"data\":",
         });
         out
-    }
-
-    /// Standard base64 with padding (RFC 4648), appended to `out`.
-    pub fn base64_into(out: &mut String, raw: &[u8]) {
-        const ALPHABET: &[u8; 64] =
-            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let sym = |v: u32| char::from(ALPHABET[(v & 63) as usize]);
-        out.reserve(raw.len() / 3 * 4 + 4);
-        let mut chunks = raw.chunks_exact(3);
-        for c in &mut chunks {
-            let v = u32::from(c[0]) << 16 | u32::from(c[1]) << 8 | u32::from(c[2]);
-            for ch in [sym(v >> 18), sym(v >> 12), sym(v >> 6), sym(v)] {
-                out.push(ch);
-            }
-        }
-        match *chunks.remainder() {
-            [a] => {
-                let v = u32::from(a) << 16;
-                for ch in [sym(v >> 18), sym(v >> 12), '=', '='] {
-                    out.push(ch);
-                }
-            }
-            [a, b] => {
-                let v = u32::from(a) << 16 | u32::from(b) << 8;
-                for ch in [sym(v >> 18), sym(v >> 12), sym(v >> 6), '='] {
-                    out.push(ch);
-                }
-            }
-            _ => {}
-        }
     }
 }
 
@@ -1226,24 +1199,64 @@ mod fast_tests {
     }
 
     #[test]
-    fn base64_frames_equal_serde() {
-        let std_b64 = |raw: &[u8]| {
-            let mut out = String::new();
-            fast::base64_into(&mut out, raw);
-            out
+    fn base64_frames_equal_serde_and_decode_to_the_bytes() {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let every_byte: Vec<u8> = (0..=255u8).collect();
+        let mut samples: Vec<Vec<u8>> = vec![
+            Vec::new(),
+            vec![0xff],
+            vec![0xff, 0xfe],
+            vec![0xff, 0x00, 0x80, 0x41],
+            every_byte.clone(),
+        ];
+        // Past the base64 crate's internal chunk (1 KiB of output), with each remainder length.
+        for extra in 0..3 {
+            samples.push(every_byte.repeat(5).into_iter().chain(0..extra).collect());
+        }
+        for raw in &samples {
+            let id = "r\"1\\";
+            let fast = fast::output_base64(id, 9, Fd::Stdout, raw);
+            let parsed: serde_json::Value = serde_json::from_str(&fast).unwrap();
+            assert_eq!(
+                parsed,
+                serde_output(id, 9, Fd::Stdout, Encoding::Base64, b64.encode(raw))
+            );
+            let AgentMessage::Output(o) = serde_json::from_str(&fast).unwrap() else {
+                panic!("not an output event: {fast}")
+            };
+            assert_eq!(&b64.decode(&o.data).unwrap(), raw);
+        }
+        // RFC 4648 section 10 vectors pin the alphabet and the padding independently of the crate.
+        let data = |raw: &[u8]| {
+            let fast = fast::output_base64("r", 0, Fd::Stderr, raw);
+            let v: serde_json::Value = serde_json::from_str(&fast).unwrap();
+            v["data"].as_str().unwrap().to_owned()
         };
-        assert_eq!(std_b64(b""), "");
-        assert_eq!(std_b64(b"f"), "Zg==");
-        assert_eq!(std_b64(b"fo"), "Zm8=");
-        assert_eq!(std_b64(b"foo"), "Zm9v");
-        assert_eq!(std_b64(b"foobar"), "Zm9vYmFy");
-        assert_eq!(std_b64(&[0xff, 0xfe, 0x00]), "//4A");
-        let raw = [0xffu8, 0x00, 0x80, 0x41];
-        let fast = fast::output_base64("r", 1, Fd::Stdout, &raw);
-        let parsed: serde_json::Value = serde_json::from_str(&fast).unwrap();
-        assert_eq!(
-            parsed,
-            serde_output("r", 1, Fd::Stdout, Encoding::Base64, std_b64(&raw))
+        for (raw, text) in [
+            (&b""[..], ""),
+            (b"f", "Zg=="),
+            (b"fo", "Zm8="),
+            (b"foo", "Zm9v"),
+            (b"foob", "Zm9vYg=="),
+            (b"fooba", "Zm9vYmE="),
+            (b"foobar", "Zm9vYmFy"),
+            (&[0xfb, 0xff, 0xfe], "+//+"),
+        ] {
+            assert_eq!(data(raw), text, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn base64_frames_are_sized_up_front() {
+        // A frame that had to grow would have at least doubled its capacity.
+        let raw = vec![0xffu8; 256 * 1024];
+        let frame = fast::output_base64("req-1", 3, Fd::Stdout, &raw);
+        assert!(
+            frame.capacity() < frame.len() + frame.len() / 8 + 256,
+            "capacity {} for {} bytes",
+            frame.capacity(),
+            frame.len()
         );
     }
 }
