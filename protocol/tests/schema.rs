@@ -474,3 +474,238 @@ fn known_schema_gaps_are_as_documented() {
         assert!(v.is_valid(&value), "the schema now refuses {frame}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The README's tables and TypeScript types say what the agent schema says
+// ---------------------------------------------------------------------------------------------
+
+fn readme() -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Follow a `$ref` into `$defs`.
+fn resolve<'a>(schema: &'a Value, root: &'a Value) -> &'a Value {
+    match schema["$ref"]
+        .as_str()
+        .and_then(|r| r.strip_prefix("#/$defs/"))
+    {
+        Some(name) => resolve(&root["$defs"][name], root),
+        None => schema,
+    }
+}
+
+/// Whether a property schema admits `null`.
+fn nullable(prop: &Value, root: &Value) -> bool {
+    let prop = resolve(prop, root);
+    let in_type = match &prop["type"] {
+        Value::String(t) => t == "null",
+        Value::Array(ts) => ts.iter().any(|t| t == "null"),
+        _ => false,
+    };
+    let in_enum = prop["enum"]
+        .as_array()
+        .is_some_and(|e| e.iter().any(Value::is_null));
+    let in_union = ["anyOf", "oneOf"].iter().any(|k| {
+        prop[*k]
+            .as_array()
+            .is_some_and(|vs| vs.iter().any(|v| nullable(v, root)))
+    });
+    in_type || in_enum || in_union
+}
+
+/// The string literals a property schema allows, when it is a closed set.
+fn schema_literals(prop: &Value, root: &Value) -> BTreeSet<String> {
+    let prop = resolve(prop, root);
+    let mut out = string_set(&prop["enum"]);
+    if let Some(c) = prop["const"].as_str() {
+        out.insert(c.to_owned());
+    }
+    for k in ["anyOf", "oneOf"] {
+        for v in prop[k].as_array().into_iter().flatten() {
+            out.extend(schema_literals(v, root));
+        }
+    }
+    out
+}
+
+/// The TypeScript block of the README's "Types" section.
+fn ts_types(readme: &str) -> String {
+    let start = readme
+        .find("### Types\n\n```ts\n")
+        .expect("README has a `### Types` section with a ts block");
+    let body = &readme[start + "### Types\n\n```ts\n".len()..];
+    body[..body.find("```").expect("the ts block ends")].to_owned()
+}
+
+/// `(name, optional, type)` of each member of `export interface <name> { ... }`.
+fn ts_interface(ts: &str, name: &str) -> Vec<(String, bool, String)> {
+    let head = format!("export interface {name} {{");
+    let start = ts
+        .find(&head)
+        .unwrap_or_else(|| panic!("README: no `{head}`"))
+        + head.len();
+    let mut members = Vec::new();
+    let (mut depth, mut member) = (0i32, String::new());
+    for c in ts[start..].chars() {
+        match c {
+            '{' | '(' | '[' => depth += 1,
+            '}' | ')' | ']' if depth > 0 => depth -= 1,
+            '}' => break,
+            ';' if depth == 0 => {
+                members.push(std::mem::take(&mut member));
+                continue;
+            }
+            _ => {}
+        }
+        member.push(c);
+    }
+    members.push(member);
+    members
+        .iter()
+        .map(|m| m.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|m| !m.is_empty())
+        .map(|m| {
+            let (field, ty) = m
+                .split_once(':')
+                .unwrap_or_else(|| panic!("README: `{name}` member without a type: {m}"));
+            let optional = field.ends_with('?');
+            (
+                field.trim_end_matches('?').trim().to_owned(),
+                optional,
+                ty.trim().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The quoted literals of a TypeScript type, expanding `export type X = "a" | "b";` aliases.
+fn ts_literals(ts: &str, ty: &str) -> BTreeSet<String> {
+    let alias = format!("export type {ty} =");
+    let ty = match ts.find(&alias) {
+        Some(at) => {
+            let rest = &ts[at + alias.len()..];
+            &rest[..rest.find(';').expect("a type alias ends with `;`")]
+        }
+        None => ty,
+    };
+    ty.split('"')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The agent message types and the README's TypeScript interface for each.
+const TS_INTERFACES: [(&str, &str); 8] = [
+    ("hello", "Hello"),
+    ("started", "Started"),
+    ("output", "Output"),
+    ("exit", "Exit"),
+    ("result", "Result"),
+    ("error", "AgentError"),
+    ("state", "State"),
+    ("status", "Status"),
+];
+
+/// Each TypeScript member: present iff in the schema, `?` iff not required, `| null` iff
+/// nullable, and the same string literals where the set is closed.
+fn check_ts(ts: &str, root: &Value, def: &Value, interface: &str) {
+    let required = string_set(&def["required"]);
+    let properties = def["properties"].as_object().expect("properties");
+    let members = ts_interface(ts, interface);
+    let names: BTreeSet<String> = members
+        .iter()
+        .map(|(n, _, _)| n.clone())
+        .filter(|n| n != "type")
+        .collect();
+    let in_schema: BTreeSet<String> = properties.keys().cloned().collect();
+    assert_eq!(
+        names, in_schema,
+        "README `{interface}` members vs the schema"
+    );
+    for (field, optional, ty) in members.iter().filter(|(n, _, _)| n != "type") {
+        let prop = &properties[field];
+        assert_eq!(
+            *optional,
+            !required.contains(field),
+            "README `{interface}.{field}`: `?` vs the schema's `required`"
+        );
+        assert_eq!(
+            ty.split('|').any(|t| t.trim() == "null"),
+            nullable(prop, root),
+            "README `{interface}.{field}: {ty}`: `| null` vs the schema"
+        );
+        let want = schema_literals(prop, root);
+        if !want.is_empty() {
+            assert_eq!(
+                ts_literals(ts, ty),
+                want,
+                "README `{interface}.{field}: {ty}` vs the schema's values"
+            );
+        }
+    }
+}
+
+#[test]
+fn readme_typescript_agrees_with_the_agent_schema() {
+    let readme = readme();
+    let ts = ts_types(&readme);
+    let root = generated("agent-message.schema.json");
+    let defs = agent_defs(&root);
+    for (kind, interface) in TS_INTERFACES {
+        check_ts(&ts, &root, &defs[kind], interface);
+    }
+    check_ts(&ts, &root, &root["$defs"]["StreamResume"], "StreamResume");
+    let listed: BTreeSet<String> = TS_INTERFACES.iter().map(|(k, _)| k.to_string()).collect();
+    let all: BTreeSet<String> = defs.keys().cloned().collect();
+    assert_eq!(
+        listed, all,
+        "TS_INTERFACES must name every agent message type"
+    );
+}
+
+/// In each agent message's section, every field has a table row whose type cell says `null`
+/// iff the schema allows it, and whose text says "omitted" iff the field is not required.
+#[test]
+fn readme_tables_agree_with_the_agent_schema() {
+    let readme = readme();
+    let root = generated("agent-message.schema.json");
+    for (kind, def) in agent_defs(&root) {
+        let heading = format!("### `{kind}` (agent → backend)\n");
+        let start = readme
+            .find(&heading)
+            .unwrap_or_else(|| panic!("README: no heading {heading:?}"));
+        let section = &readme[start + heading.len()..];
+        let section = &section[..section.find("\n#").unwrap_or(section.len())];
+        let required = string_set(&def["required"]);
+        for (field, prop) in def["properties"].as_object().expect("properties") {
+            let needle = format!("`{field}`");
+            let row = section
+                .lines()
+                .find(|l| {
+                    // The first cell lists field names only: "| `a` |" or "| `a`, `b` |".
+                    let names = l
+                        .split(" | ")
+                        .next()
+                        .and_then(|c| c.strip_prefix("| "))
+                        .map(|c| c.split(", ").collect::<Vec<_>>())
+                        .unwrap_or_default();
+                    names.iter().all(|n| n.starts_with('`') && !n.contains(' '))
+                        && names.contains(&needle.as_str())
+                })
+                .unwrap_or_else(|| panic!("README `{kind}`: no table row for {needle}"));
+            let type_cell = row.split(" | ").nth(1).unwrap_or_default();
+            assert_eq!(
+                type_cell.contains("\\| null"),
+                nullable(prop, &root),
+                "README `{kind}.{field}`: type cell `{type_cell}` vs the schema"
+            );
+            assert_eq!(
+                row.contains("omitted"),
+                !required.contains(field),
+                "README `{kind}.{field}`: \"omitted\" vs the schema's `required`"
+            );
+        }
+    }
+}
