@@ -362,7 +362,8 @@ pub struct Credit {
 
 /// Server-directed backoff or redirect: the agent closes this connection, waits `after_ms`
 /// and dials `url` (a `ws://` or `wss://` URL; when absent, the URL it used last). A redirect
-/// URL is kept until a dial to it fails; then the agent returns to its configured URL.
+/// URL is kept until a dial to it fails; then the agent returns to its configured URL. Any
+/// other `url` decodes but is ignored (with a warning in the agent's log).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Reconnect {
     #[serde(default)]
