@@ -11,9 +11,10 @@
 //!   frame becomes a typed [`DecodeError`] that still carries the request id when one was readable.
 #![forbid(unsafe_code)]
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use schemars::JsonSchema;
+use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this crate describes. Sent in `hello`, echoed in `welcome`.
@@ -38,8 +39,13 @@ pub mod close_code {
     pub const DEAD_LINK: u16 = 4005;
 }
 
-/// A request id chosen by the backend. Unique per agent; 1 to [`MAX_ID_LEN`] bytes.
+/// A request id chosen by the backend. Unique per agent; 1 to [`MAX_ID_LEN`] bytes without
+/// [`ID_FORBIDDEN`] characters (checked by [`decode_backend`] for requests only).
 pub type RequestId = String;
+
+/// Characters a request id must not contain: Unicode category Cc, the set `char::is_control`
+/// tests. The decoder and the schema's `pattern` are both built from this list.
+pub const ID_FORBIDDEN: [(char, char); 2] = [('\u{0}', '\u{1f}'), ('\u{7f}', '\u{9f}')];
 
 /// Which pipe of a child process a chunk came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -110,11 +116,22 @@ pub struct Hello {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct StreamResume {
     pub id: RequestId,
+    /// `running` or `finished`: a held stream is never `closed` (closed streams are not held).
+    #[schemars(with = "HeldPhase")]
     pub phase: StreamPhase,
     /// Lowest sequence number the agent still buffers (everything below was acknowledged).
     pub first_seq: u64,
     /// Sequence number the next new event of this stream will get.
     pub next_seq: u64,
+}
+
+/// The phases a held stream can be in: the schema of [`StreamResume::phase`].
+#[derive(JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)] // only its schema is used
+enum HeldPhase {
+    Running,
+    Finished,
 }
 
 /// An exec has spawned its child. Always `seq` 0 of an exec stream.
@@ -142,16 +159,17 @@ pub struct Output {
 pub struct Exit {
     pub id: RequestId,
     pub seq: u64,
-    /// The exit code when the child exited normally.
+    /// The exit code when the child exited normally; `null` otherwise.
     pub exit_code: Option<i32>,
-    /// The signal number when the child was killed by a signal (e.g. 15, 9).
+    /// The signal number when the child was killed by a signal (e.g. 15, 9); `null` otherwise.
     pub signal: Option<i32>,
     /// True when the request's timeout fired.
     pub timed_out: bool,
     /// True when a `cancel` request (or agent shutdown) stopped it.
     pub cancelled: bool,
     /// When the agent had to stop the child: the last signal it sent to the process group
-    /// (`SIGTERM`, or `SIGKILL` after the grace period). Absent when the child ended by itself.
+    /// (`SIGTERM`, or `SIGKILL` after the grace period). `null` when the child ended by itself.
+    #[schemars(extend("enum" = ["SIGTERM", "SIGKILL", null]))]
     pub killed_with: Option<String>,
     pub duration_ms: u64,
     /// Bytes the child wrote to stdout / stderr (including bytes past the cap, which were read
@@ -176,9 +194,13 @@ pub struct ResultEvent {
 /// without `seq` it answers a frame that never became a stream (undecodable input).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorEvent {
+    /// The request id; omitted (never `null`) when the frame had no readable one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "RequestId")]
     pub id: Option<RequestId>,
+    /// The event number when this error ends stream `id`; omitted (never `null`) otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "u64")]
     pub seq: Option<u64>,
     pub code: ErrorCode,
     pub message: String,
@@ -340,7 +362,8 @@ pub struct Credit {
 
 /// Server-directed backoff or redirect: the agent closes this connection, waits `after_ms`
 /// and dials `url` (a `ws://` or `wss://` URL; when absent, the URL it used last). A redirect
-/// URL is kept until a dial to it fails; then the agent returns to its configured URL.
+/// URL is kept until a dial to it fails; then the agent returns to its configured URL. Any
+/// other `url` decodes but is ignored (with a warning in the agent's log).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Reconnect {
     #[serde(default)]
@@ -351,8 +374,9 @@ pub struct Reconnect {
     pub reason: Option<String>,
 }
 
-/// A request: an id, an optional deadline, and one of the request bodies.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// A request: an id, an optional deadline, and one of the request bodies. Its schema is written
+/// by hand (below) because the body is flattened into the same JSON object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Request {
     pub id: RequestId,
     /// RFC 3339 time after which the agent must not start the request.
@@ -403,20 +427,68 @@ impl RequestBody {
     }
 }
 
+impl JsonSchema for Request {
+    fn schema_name() -> Cow<'static, str> {
+        "Request".into()
+    }
+
+    /// One complete object per request type, with `type`, `id`, `expires_at` and the body's
+    /// fields side by side: only then does `additionalProperties: false` (the body's
+    /// `deny_unknown_fields`) see every field the decoder allows.
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let mut schema = RequestBody::json_schema(generator);
+        let id = generator.subschema_for::<schema::OwnRequestId>().to_value();
+        let expires_at = generator.subschema_for::<schema::ExpiresAt>().to_value();
+        let variants = schema
+            .get_mut("oneOf")
+            .and_then(serde_json::Value::as_array_mut)
+            .expect("an internally tagged enum has a `oneOf` of its variants");
+        for variant in variants {
+            let variant = variant
+                .as_object_mut()
+                .expect("every variant schema is an object");
+            let properties = variant
+                .entry("properties")
+                .or_insert_with(|| serde_json::json!({}));
+            if let Some(properties) = properties.as_object_mut() {
+                properties.insert("id".into(), id.clone());
+                properties.insert("expires_at".into(), expires_at.clone());
+            }
+            let required = variant
+                .entry("required")
+                .or_insert_with(|| serde_json::json!([]));
+            if let Some(required) = required.as_array_mut() {
+                required.insert(required.len().min(1), "id".into());
+            }
+        }
+        schema.insert(
+            "description".into(),
+            "A request: `type`, `id`, an optional `expires_at` and the fields of its type.".into(),
+        );
+        schema
+    }
+}
+
 /// Run `/bin/sh -c command`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Exec {
+    /// The shell command: not blank, no NUL byte (the agent's exec checks refuse both).
+    #[schemars(transform = schema::command)]
     pub command: String,
     /// Milliseconds before the process group gets SIGTERM (then SIGKILL). Agent default when
-    /// absent; must be 1..=the agent's maximum.
+    /// absent; must be 1..=the agent's maximum (`DTMA_EXEC_MAX_TIMEOUT_MS`, not in the schema).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub timeout_ms: Option<u64>,
-    /// Working directory; the agent's when absent.
+    /// Working directory; the agent's when absent. No NUL byte.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = schema::without_nul)]
     pub cwd: Option<String>,
-    /// Extra environment variables for the child.
+    /// Extra environment variables for the child. Names are ASCII letters, digits and `_`;
+    /// values hold no NUL byte.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(transform = schema::env)]
     pub env: BTreeMap<String, String>,
     /// Text written to the child's stdin, which is then closed. Stdin is empty when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -628,17 +700,60 @@ fn validate_id(id: &str) -> Result<(), String> {
     if id.len() > MAX_ID_LEN {
         return Err(format!("field `id` is longer than {MAX_ID_LEN} bytes"));
     }
-    if id.chars().any(char::is_control) {
+    if id
+        .chars()
+        .any(|c| ID_FORBIDDEN.iter().any(|&(lo, hi)| (lo..=hi).contains(&c)))
+    {
         return Err("field `id` contains control characters".into());
     }
     Ok(())
 }
 
 /// JSON Schemas of both directions, as committed in `protocol/schema/`.
+///
+/// * The agent schema describes what the serializer writes: a field is `required` when it is
+///   always written, and nullable only where `null` is written (an omitted field is neither).
+/// * The backend schema describes what the agent accepts: what [`decode_backend`] decodes,
+///   narrowed by the `exec` field checks that do not depend on the agent's configuration. What no
+///   JSON Schema can say is listed next to the schemas in protocol/README.md.
+///
+/// [`decode_backend`]: super::decode_backend
 pub mod schema {
+    use std::borrow::Cow;
+
+    use schemars::generate::SchemaSettings;
+    use schemars::transform::RecursiveTransform;
+    use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+    use serde_json::json;
+
+    use super::{ID_FORBIDDEN, MAX_ID_LEN};
+
+    /// Unicode `White_Space`, what `str::trim` removes: the agent refuses a command made of
+    /// these only.
+    pub(crate) const WHITE_SPACE: [(char, char); 10] = [
+        ('\u{9}', '\u{d}'),
+        (' ', ' '),
+        ('\u{85}', '\u{85}'),
+        ('\u{a0}', '\u{a0}'),
+        ('\u{1680}', '\u{1680}'),
+        ('\u{2000}', '\u{200a}'),
+        ('\u{2028}', '\u{2029}'),
+        ('\u{202f}', '\u{202f}'),
+        ('\u{205f}', '\u{205f}'),
+        ('\u{3000}', '\u{3000}'),
+    ];
+
+    /// Environment variable names the agent's exec checks accept.
+    const ENV_NAME_PATTERN: &str = "^[A-Za-z0-9_]+$";
+
+    /// Matches a string that contains a NUL character (used under `not`).
+    const NUL_PATTERN: &str = "\\u0000";
+
     /// `(file name, pretty JSON)` for each committed schema file.
     pub fn generate() -> Vec<(&'static str, String)> {
-        let pretty = |s: schemars::Schema| {
+        let settings =
+            || SchemaSettings::draft2020_12().with_transform(RecursiveTransform(integer_bounds));
+        let pretty = |s: Schema| {
             let mut text =
                 serde_json::to_string_pretty(&s).expect("a schema is always serialisable");
             text.push('\n');
@@ -647,13 +762,128 @@ pub mod schema {
         vec![
             (
                 "agent-message.schema.json",
-                pretty(schemars::schema_for!(super::AgentMessage)),
+                pretty(
+                    settings()
+                        .for_serialize()
+                        .into_generator()
+                        .into_root_schema_for::<super::AgentMessage>(),
+                ),
             ),
             (
                 "backend-message.schema.json",
-                pretty(schemars::schema_for!(super::BackendMessage)),
+                pretty(
+                    settings()
+                        .for_deserialize()
+                        .into_generator()
+                        .into_root_schema_for::<super::BackendMessage>(),
+                ),
             ),
         ]
+    }
+
+    /// The body of a regex character class holding `ranges`, as `\uXXXX` escapes (read alike by
+    /// ECMA-262 and Rust regexes; every range lies in the Basic Multilingual Plane).
+    pub(crate) fn class(ranges: &[(char, char)]) -> String {
+        ranges
+            .iter()
+            .map(|&(lo, hi)| {
+                if lo == hi {
+                    format!("\\u{:04x}", u32::from(lo))
+                } else {
+                    format!("\\u{:04x}-\\u{:04x}", u32::from(lo), u32::from(hi))
+                }
+            })
+            .collect()
+    }
+
+    /// The schema of a request's own `id`, as `decode_backend` checks it (`maxLength` counts
+    /// characters, the decoder bytes: see the README). Ids that only name a stream (`ack`,
+    /// `credit`, `cancel.target`) are not checked and stay plain strings.
+    pub(crate) struct OwnRequestId;
+
+    impl JsonSchema for OwnRequestId {
+        fn schema_name() -> Cow<'static, str> {
+            "RequestId".into()
+        }
+
+        fn json_schema(_: &mut SchemaGenerator) -> Schema {
+            json_schema!({
+                "description": format!(
+                    "A request's own id: 1 to {MAX_ID_LEN} bytes (UTF-8), no control characters."
+                ),
+                "type": "string",
+                "minLength": 1,
+                "maxLength": MAX_ID_LEN,
+                "pattern": format!("^[^{}]*$", class(&ID_FORBIDDEN)),
+            })
+        }
+    }
+
+    /// The schema of a request's `expires_at`.
+    pub(crate) struct ExpiresAt;
+
+    impl JsonSchema for ExpiresAt {
+        fn schema_name() -> Cow<'static, str> {
+            "ExpiresAt".into()
+        }
+
+        fn json_schema(_: &mut SchemaGenerator) -> Schema {
+            json_schema!({
+                "description": "RFC 3339 time after which the agent must not start the request \
+                                (`null` reads as absent).",
+                "type": ["string", "null"],
+                "format": "date-time",
+            })
+        }
+    }
+
+    /// `exec.command`: at least one character that is not white space, and no NUL.
+    pub(crate) fn command(schema: &mut Schema) {
+        schema.insert(
+            "pattern".into(),
+            format!("[^{}]", class(&WHITE_SPACE)).into(),
+        );
+        without_nul(schema);
+    }
+
+    /// A string that holds no NUL character (no process argument can carry one). `type` inside
+    /// `not` keeps a `null` (absent) value valid.
+    pub(crate) fn without_nul(schema: &mut Schema) {
+        schema.insert(
+            "not".into(),
+            json!({ "type": "string", "pattern": NUL_PATTERN }),
+        );
+    }
+
+    /// `exec.env`: names the agent accepts, values without NUL.
+    pub(crate) fn env(schema: &mut Schema) {
+        schema.insert(
+            "propertyNames".into(),
+            json!({ "pattern": ENV_NAME_PATTERN }),
+        );
+        schema.insert(
+            "additionalProperties".into(),
+            json!({ "type": "string", "not": { "type": "string", "pattern": NUL_PATTERN } }),
+        );
+    }
+
+    /// The range of each Rust integer type, which schemars states only as a `format`: serde
+    /// refuses a number outside it.
+    fn integer_bounds(schema: &mut Schema) {
+        let (min, max) = match schema.get("format").and_then(|f| f.as_str()) {
+            Some("uint8") => (json!(0), json!(u8::MAX)),
+            Some("uint16") => (json!(0), json!(u16::MAX)),
+            Some("uint32") => (json!(0), json!(u32::MAX)),
+            Some("uint64") => (json!(0), json!(u64::MAX)),
+            Some("int8") => (json!(i8::MIN), json!(i8::MAX)),
+            Some("int16") => (json!(i16::MIN), json!(i16::MAX)),
+            Some("int32") => (json!(i32::MIN), json!(i32::MAX)),
+            Some("int64") => (json!(i64::MIN), json!(i64::MAX)),
+            _ => return,
+        };
+        // A tighter bound set by an attribute (`timeout_ms` >= 1) stays.
+        schema.ensure_object().entry("minimum").or_insert(min);
+        schema.ensure_object().entry("maximum").or_insert(max);
     }
 }
 
@@ -761,6 +991,37 @@ mod tests {
         assert!(decode_backend(&deep_obj).is_err());
     }
 
+    /// Every Unicode scalar value, for exhaustive checks of character sets.
+    fn every_char() -> impl Iterator<Item = char> {
+        (0..=u32::from(char::MAX)).filter_map(char::from_u32)
+    }
+
+    fn in_ranges(ranges: &[(char, char)], c: char) -> bool {
+        ranges.iter().any(|&(lo, hi)| (lo..=hi).contains(&c))
+    }
+
+    #[test]
+    fn id_forbidden_is_exactly_the_control_characters() {
+        for c in every_char() {
+            assert_eq!(in_ranges(&ID_FORBIDDEN, c), c.is_control(), "{c:?}");
+        }
+        assert_eq!(
+            schema::class(&ID_FORBIDDEN),
+            "\\u0000-\\u001f\\u007f-\\u009f"
+        );
+    }
+
+    #[test]
+    fn white_space_is_exactly_what_trim_removes() {
+        for c in every_char() {
+            assert_eq!(
+                in_ranges(&schema::WHITE_SPACE, c),
+                c.to_string().trim().is_empty(),
+                "{c:?}"
+            );
+        }
+    }
+
     #[test]
     fn control_round_trips() {
         let c = BackendMessage::Control(Control::Credit(Credit {
@@ -855,11 +1116,14 @@ pub mod fast {
         out
     }
 
-    /// The JSON of an `output` event carrying `raw` as base64.
+    /// The JSON of an `output` event carrying `raw` as standard base64 with padding. The
+    /// buffer is sized for the encoded text up front; `encode_string` appends through a stack
+    /// buffer, so the frame is the only allocation.
     pub fn output_base64(id: &str, seq: u64, fd: Fd, raw: &[u8]) -> String {
-        let mut out = head(id, seq, fd, Encoding::Base64, raw.len() / 3 * 4 + 4);
+        use base64::Engine as _;
+        let mut out = head(id, seq, fd, Encoding::Base64, raw.len().div_ceil(3) * 4);
         out.push('"');
-        base64_into(&mut out, raw);
+        base64::engine::general_purpose::STANDARD.encode_string(raw, &mut out);
         out.push_str("\"}");
         out
     }
@@ -879,36 +1143,6 @@ pub mod fast {
             Encoding::Base64 => ",\"encoding\":\"base64\",\"data\":",
         });
         out
-    }
-
-    /// Standard base64 with padding (RFC 4648), appended to `out`.
-    pub fn base64_into(out: &mut String, raw: &[u8]) {
-        const ALPHABET: &[u8; 64] =
-            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let sym = |v: u32| char::from(ALPHABET[(v & 63) as usize]);
-        out.reserve(raw.len() / 3 * 4 + 4);
-        let mut chunks = raw.chunks_exact(3);
-        for c in &mut chunks {
-            let v = u32::from(c[0]) << 16 | u32::from(c[1]) << 8 | u32::from(c[2]);
-            for ch in [sym(v >> 18), sym(v >> 12), sym(v >> 6), sym(v)] {
-                out.push(ch);
-            }
-        }
-        match *chunks.remainder() {
-            [a] => {
-                let v = u32::from(a) << 16;
-                for ch in [sym(v >> 18), sym(v >> 12), '=', '='] {
-                    out.push(ch);
-                }
-            }
-            [a, b] => {
-                let v = u32::from(a) << 16 | u32::from(b) << 8;
-                for ch in [sym(v >> 18), sym(v >> 12), sym(v >> 6), '='] {
-                    out.push(ch);
-                }
-            }
-            _ => {}
-        }
     }
 }
 
@@ -966,24 +1200,64 @@ mod fast_tests {
     }
 
     #[test]
-    fn base64_frames_equal_serde() {
-        let std_b64 = |raw: &[u8]| {
-            let mut out = String::new();
-            fast::base64_into(&mut out, raw);
-            out
+    fn base64_frames_equal_serde_and_decode_to_the_bytes() {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let every_byte: Vec<u8> = (0..=255u8).collect();
+        let mut samples: Vec<Vec<u8>> = vec![
+            Vec::new(),
+            vec![0xff],
+            vec![0xff, 0xfe],
+            vec![0xff, 0x00, 0x80, 0x41],
+            every_byte.clone(),
+        ];
+        // Past the base64 crate's internal chunk (1 KiB of output), with each remainder length.
+        for extra in 0..3 {
+            samples.push(every_byte.repeat(5).into_iter().chain(0..extra).collect());
+        }
+        for raw in &samples {
+            let id = "r\"1\\";
+            let fast = fast::output_base64(id, 9, Fd::Stdout, raw);
+            let parsed: serde_json::Value = serde_json::from_str(&fast).unwrap();
+            assert_eq!(
+                parsed,
+                serde_output(id, 9, Fd::Stdout, Encoding::Base64, b64.encode(raw))
+            );
+            let AgentMessage::Output(o) = serde_json::from_str(&fast).unwrap() else {
+                panic!("not an output event: {fast}")
+            };
+            assert_eq!(&b64.decode(&o.data).unwrap(), raw);
+        }
+        // RFC 4648 section 10 vectors pin the alphabet and the padding independently of the crate.
+        let data = |raw: &[u8]| {
+            let fast = fast::output_base64("r", 0, Fd::Stderr, raw);
+            let v: serde_json::Value = serde_json::from_str(&fast).unwrap();
+            v["data"].as_str().unwrap().to_owned()
         };
-        assert_eq!(std_b64(b""), "");
-        assert_eq!(std_b64(b"f"), "Zg==");
-        assert_eq!(std_b64(b"fo"), "Zm8=");
-        assert_eq!(std_b64(b"foo"), "Zm9v");
-        assert_eq!(std_b64(b"foobar"), "Zm9vYmFy");
-        assert_eq!(std_b64(&[0xff, 0xfe, 0x00]), "//4A");
-        let raw = [0xffu8, 0x00, 0x80, 0x41];
-        let fast = fast::output_base64("r", 1, Fd::Stdout, &raw);
-        let parsed: serde_json::Value = serde_json::from_str(&fast).unwrap();
-        assert_eq!(
-            parsed,
-            serde_output("r", 1, Fd::Stdout, Encoding::Base64, std_b64(&raw))
+        for (raw, text) in [
+            (&b""[..], ""),
+            (b"f", "Zg=="),
+            (b"fo", "Zm8="),
+            (b"foo", "Zm9v"),
+            (b"foob", "Zm9vYg=="),
+            (b"fooba", "Zm9vYmE="),
+            (b"foobar", "Zm9vYmFy"),
+            (&[0xfb, 0xff, 0xfe], "+//+"),
+        ] {
+            assert_eq!(data(raw), text, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn base64_frames_are_sized_up_front() {
+        // A frame that had to grow would have at least doubled its capacity.
+        let raw = vec![0xffu8; 256 * 1024];
+        let frame = fast::output_base64("req-1", 3, Fd::Stdout, &raw);
+        assert!(
+            frame.capacity() < frame.len() + frame.len() / 8 + 256,
+            "capacity {} for {} bytes",
+            frame.capacity(),
+            frame.len()
         );
     }
 }
