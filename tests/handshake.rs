@@ -6,8 +6,10 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use dtma::agent::{Agent, Dialer, run_channel};
+use dtma::agent::Agent;
+use dtma::channel::{Channel, Dialer};
 use dtma::config::{ChannelConfig, Config};
+use dtma::services::Services;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::DuplexStream;
 use tokio::sync::{mpsc, watch};
@@ -47,7 +49,7 @@ struct Scripted {
 
 impl Dialer for Scripted {
     type Link = WebSocketStream<DuplexStream>;
-    async fn dial(&self, url: &str) -> Result<Self::Link, dtma::tls::Error> {
+    async fn dial(&self, url: &str) -> Result<Self::Link, dtma::channel::tls::Error> {
         self.dials
             .send_modify(|d| d.push((url.to_owned(), Instant::now())));
         let step = self
@@ -57,9 +59,9 @@ impl Dialer for Scripted {
             .pop_front()
             .unwrap_or(Step::Refuse);
         if let Step::Refuse = step {
-            return Err(dtma::tls::Error::WebSocket(tungstenite::Error::Io(
-                std::io::ErrorKind::ConnectionRefused.into(),
-            )));
+            return Err(dtma::channel::tls::Error::WebSocket(
+                tungstenite::Error::Io(std::io::ErrorKind::ConnectionRefused.into()),
+            ));
         }
         let (client, server) = tokio::io::duplex(1 << 20);
         tokio::spawn(backend(server, step, self.seen.clone()));
@@ -118,9 +120,10 @@ async fn run(script: Vec<Step>, dials: usize) -> Run {
         jitter_seed: Some(7),
         ..ChannelConfig::with_url(URL)
     };
-    let agent = Agent::new(Config::for_channel("t", None));
+    let agent = Agent::new(Config::for_channel("t", None)).unwrap();
     let stop = CancellationToken::new();
-    let task = tokio::spawn(run_channel(agent, chan, stop.clone(), dialer));
+    let channel = Channel::new(Services::new(agent), chan);
+    let task = tokio::spawn(channel.run_with(stop.clone(), dialer));
     dial_rx.wait_for(|d| d.len() >= dials).await.unwrap();
     stop.cancel();
     task.await.unwrap();
