@@ -1,6 +1,8 @@
 //! Table-driven corpus for the command policy: dangerous variants, legitimate commands, roles and hostile input.
 
-use dtma::policy::{NamedPattern, Policy, PolicyConfig, Role};
+use std::collections::BTreeMap;
+
+use dtma::policy::{Decision, NamedPattern, Policy, PolicyConfig, Role};
 
 /// Dangerous commands, checked as `Role::Admin`, with the rule expected to deny them.
 const DANGEROUS: &[(&str, &str)] = &[
@@ -547,6 +549,42 @@ fn config_extends_the_policy() {
     assert!(err.contains("policy rule `broken`: invalid regex"), "{err}");
 }
 
+/// Every rule name the built-in policy can report (configured `extra_deny` names come on top).
+const KNOWN_RULES: &[&str] = &[
+    "allowed",
+    "unparsable",
+    "unjudgeable",
+    "power_state",
+    "filesystem_tools",
+    "block_device_write",
+    "account_change",
+    "mass_deletion",
+    "permission_change",
+    "network_shell",
+    "download_exec",
+    "encoded_payload",
+    "kill_init",
+    "process_secrets",
+    "critical_service",
+    "firewall_lockout",
+    "fork_bomb",
+    "role_diagnostics",
+    "role_operator",
+];
+
+/// What is wrong with a decision of the default policy on its own, if anything.
+fn inconsistent(d: &Decision) -> Option<&'static str> {
+    if !KNOWN_RULES.contains(&d.rule.as_str()) {
+        Some("unknown rule")
+    } else if d.allowed != (d.rule == "allowed") {
+        Some("allowed disagrees with the rule")
+    } else if d.reason.trim().is_empty() {
+        Some("empty reason")
+    } else {
+        None
+    }
+}
+
 /// xorshift64* — deterministic pseudo-random numbers without a crate.
 struct XorShift(u64);
 
@@ -566,7 +604,7 @@ impl XorShift {
 }
 
 #[test]
-fn garbage_never_panics() {
+fn garbage_never_panics_and_gets_consistent_decisions() {
     const PIECES: &[&str] = &[
         "'",
         "\"",
@@ -654,17 +692,61 @@ fn garbage_never_panics() {
     ];
     let p = policy();
     let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
+    let mut failures = Vec::new();
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     for _ in 0..5000 {
         let len = 1 + rng.below(24);
         let mut s = String::new();
         for _ in 0..len {
             s.push_str(PIECES[rng.below(PIECES.len())]);
         }
-        for role in [Role::Admin, Role::Operator, Role::Diagnostics] {
-            let d = p.check(role, &s);
-            assert!(!d.rule.is_empty() && !d.reason.is_empty(), "{s:?}: {d:?}");
+        let [admin, operator, diagnostics] =
+            [Role::Admin, Role::Operator, Role::Diagnostics].map(|role| p.check(role, &s));
+        for (role, d) in [
+            (Role::Admin, &admin),
+            (Role::Operator, &operator),
+            (Role::Diagnostics, &diagnostics),
+        ] {
+            if let Some(why) = inconsistent(d) {
+                failures.push(format!("{s:?} as {role:?}: {why}: {d:?}"));
+            }
+            if p.check(role, &s) != *d {
+                failures.push(format!(
+                    "{s:?} as {role:?}: a second check differs from {d:?}"
+                ));
+            }
         }
+        // Deny rules do not depend on the role; the allow-lists only narrow from Admin to Operator to Diagnostics.
+        if !admin.allowed && (operator != admin || diagnostics != admin) {
+            failures.push(format!(
+                "{s:?}: Admin is denied by {} but Operator got {operator:?} and Diagnostics {diagnostics:?}",
+                admin.rule
+            ));
+        }
+        if (diagnostics.allowed && !operator.allowed) || (operator.allowed && !admin.allowed) {
+            failures.push(format!(
+                "{s:?}: a narrower role is allowed where a wider one is not: {admin:?} {operator:?} {diagnostics:?}"
+            ));
+        }
+        *seen.entry(admin.rule).or_default() += 1;
     }
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures
+            .iter()
+            .take(20)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // The generator must reach past the parser: a real share of inputs are allowed or denied by a rule.
+    let parsed = 5000 - seen.get("unparsable").copied().unwrap_or_default();
+    assert!(
+        parsed >= 500 && seen.get("allowed").is_some_and(|n| *n >= 250) && seen.len() >= 3,
+        "the random inputs hardly reach the rules: {seen:?}"
+    );
 }
 
 #[test]
@@ -688,17 +770,35 @@ fn huge_and_deep_inputs_are_denied_without_overflow() {
         d.reason
     );
 
+    // Nesting in the parser: subshells, groups, expansions, compound commands, arithmetic.
     for deep in [
         format!("{}ls{}", "(".repeat(1000), ")".repeat(1000)),
         format!("{}ls;{}", "{ ".repeat(1000), " }".repeat(1000)),
         format!("echo {}x{}", "${a:-".repeat(1000), "}".repeat(1000)),
         format!("{}ls{}", "if true; then ".repeat(1000), "; fi".repeat(1000)),
         format!("echo {}", "$((".repeat(1000)),
+    ] {
+        let d = p.check(Role::Admin, &deep);
+        assert_eq!((d.allowed, d.rule.as_str()), (false, "unparsable"), "{d:?}");
+        assert!(d.reason.contains("nests deeper"), "{d:?}");
+    }
+    // Nesting through nested shell code: each `sudo -s`/`env -S` hands the rest of the line to another shell.
+    for deep in [
+        "sudo -s ".repeat(1000) + "ls",
+        "env -S ".repeat(1000) + "ls",
+        "nice sudo -s ".repeat(40) + "reboot",
+    ] {
+        let d = p.check(Role::Admin, &deep);
+        assert_eq!((d.allowed, d.rule.as_str()), (false, "unparsable"), "{d:?}");
+        assert!(d.reason.contains("nests deeper"), "{d:?}");
+    }
+    // Long but shallow: quotes do not nest, so these are `sh -c sh …` and `sh -c 'sh -c ' sh …`, one level each.
+    for shallow in [
         "sh -c ".repeat(1000) + "ls",
         format!("{}ls{}", "sh -c '".repeat(40), "'".repeat(40)),
     ] {
-        let d = p.check(Role::Admin, &deep);
-        assert!(!d.allowed || d.rule == "allowed", "{}", d.reason);
+        let d = p.check(Role::Admin, &shallow);
+        assert_eq!((d.allowed, d.rule.as_str()), (true, "allowed"), "{d:?}");
     }
 
     let many = "ls;".repeat(20_000);
@@ -706,5 +806,9 @@ fn huge_and_deep_inputs_are_denied_without_overflow() {
     assert!(d.allowed, "{d:?}");
     let pipes = format!("cat{}", " | sh".repeat(10_000));
     let d = p.check(Role::Admin, &pipes);
-    assert!(!d.allowed);
+    assert_eq!(
+        (d.allowed, d.rule.as_str()),
+        (false, "unjudgeable"),
+        "{d:?}"
+    );
 }

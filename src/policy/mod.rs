@@ -29,6 +29,13 @@
 //! static `cd` in the same line may switch to; a dynamic `cd` makes relative paths of dangerous operations
 //! unjudgeable.
 //!
+//! # Layout
+//! - [`shell`]: the dash-like parser (words, redirections, the flat list of simple commands).
+//! - `rules/` (private): the engine (`rules/mod.rs`: rule order, per-script context, rule names) and one module per
+//!   rule family: `resolve` (wrappers and nested shell code), `args`, `paths`, `writes`, `deletion`, `power`,
+//!   `processes`, `secrets`, `services`, `firewall`, `network`, `permissions`, `code`, `awk_sed`, `embedded`,
+//!   `containers`, `roles`. Each carries unit tests of its family; `tests/policy_corpus.rs` is the end-to-end corpus.
+//!
 //! # Known limits
 //! The policy judges the command line, not the programs' behaviour:
 //! - aliases, functions and `PATH` entries defined earlier on the machine (e.g. in profile files) are unknown;
