@@ -1,10 +1,12 @@
-//! The configuration through the real binary: exit codes, a non-UTF-8 environment, --help.
+//! The configuration through the real binary (exit codes, a non-UTF-8 environment, --help) and
+//! the README's configuration table against the settings struct.
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 use std::process::{Command, Output};
 
-use dtma::config::settings::command;
+use clap::Args;
+use dtma::config::settings::{Settings, command};
 
 /// The agent with only the given environment (the test runner's own may hold DTMA_* values).
 fn dtma(args: &[&str], env: &[(OsString, OsString)]) -> Output {
@@ -109,4 +111,86 @@ fn help_lists_every_setting_with_its_variable_and_default() {
         text(&version.stdout).trim(),
         format!("dtma {}", dtma::VERSION)
     );
+}
+
+/// One row of the README's configuration table.
+#[derive(Debug)]
+struct Row {
+    var: String,
+    flag: String,
+    key: String,
+    default: String,
+}
+
+fn readme_rows() -> Vec<Row> {
+    let readme = include_str!("../README.md");
+    let section = readme
+        .split("\n## Configuration\n")
+        .nth(1)
+        .expect("README has a Configuration section");
+    let section = section.split("\n## ").next().unwrap_or_default();
+    let unquote = |cell: &str| cell.trim().trim_matches('`').to_owned();
+    section
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .map(|line| {
+            let cells: Vec<&str> = line.split('|').collect();
+            assert!(cells.len() >= 6, "short row: {line}");
+            Row {
+                var: unquote(cells[1]),
+                flag: unquote(cells[2]),
+                key: unquote(cells[3]),
+                default: cells[4].trim().to_owned(),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn readme_table_matches_the_settings() {
+    let rows = readme_rows();
+    let cmd = command();
+    let file_keys = Settings::augment_args(clap::Command::new("keys"));
+    let in_file = |id: &str| file_keys.get_arguments().any(|a| a.get_id() == id);
+
+    let mut vars = Vec::new();
+    for arg in cmd.get_arguments() {
+        let Some(var) = arg.get_env() else { continue };
+        let var = var.to_string_lossy().into_owned();
+        let row = rows
+            .iter()
+            .find(|r| r.var == var)
+            .unwrap_or_else(|| panic!("README's table lacks {var}"));
+        let flag = match (arg.is_hide_set(), arg.get_long()) {
+            (false, Some(long)) => format!("--{long}"),
+            _ => String::new(),
+        };
+        assert_eq!(row.flag, flag, "flag of {var}");
+        let id = arg.get_id().as_str();
+        let key = if in_file(id) { id } else { "" };
+        assert_eq!(row.key, key, "file key of {var}");
+        let defaults: Vec<String> = arg
+            .get_default_values()
+            .iter()
+            .map(|d| d.to_string_lossy().into_owned())
+            .collect();
+        match defaults.as_slice() {
+            [default] => assert_eq!(row.default.trim_matches('`'), default, "default of {var}"),
+            [] => assert!(
+                !row.default.starts_with('`') && row.default.parse::<f64>().is_err(),
+                "{var} has no default in the settings, the README gives `{}`",
+                row.default
+            ),
+            more => panic!("{var} has several defaults: {more:?}"),
+        }
+        vars.push(var);
+    }
+    for row in &rows {
+        assert!(
+            vars.contains(&row.var),
+            "README's table has {}, which no setting reads",
+            row.var
+        );
+    }
+    assert_eq!(rows.len(), vars.len(), "a variable is listed twice");
 }
