@@ -2,28 +2,20 @@
 
 use std::process::ExitCode;
 
-use dtma::config::{Config, Mode, Sources, USAGE};
+use dtma::config::{Action, Config, Sources};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
-    let (mode, config) = match Config::load(&Sources::from_process()) {
-        Ok(v) => v,
+    let config = match Config::load(&Sources::from_process()) {
+        Ok(Action::Run(config)) => *config,
+        Ok(Action::Print(text)) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
         Err(e) => {
             eprintln!("dtma: {e}");
             return ExitCode::from(64);
         }
-    };
-    let config = match (mode, config) {
-        (Mode::Help, _) => {
-            print!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        (Mode::Version, _) => {
-            println!("dtma {}", dtma::VERSION);
-            return ExitCode::SUCCESS;
-        }
-        (Mode::Run, Some(c)) => c,
-        (Mode::Run, None) => return ExitCode::from(64),
     };
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
