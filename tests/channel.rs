@@ -274,7 +274,8 @@ async fn a_request_id_is_never_run_twice() {
     let cp = Cp::start(Options::default()).await;
     let _agent = InProc::start(agent_config("a4", cp.url())).await;
     within(10, "agent connect", cp.cp.wait_for_agent("a4")).await;
-    let dir = tempdir("dup");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let file = dir.join("runs");
     let cmd = format!("echo run >> {}", file.display());
     let mut notices = cp.cp.notices();
@@ -333,7 +334,8 @@ async fn an_expired_request_is_refused_not_run() {
     let cp = Cp::start(Options::default()).await;
     let _agent = InProc::start(agent_config("a5", cp.url())).await;
     within(10, "agent connect", cp.cp.wait_for_agent("a5")).await;
-    let dir = tempdir("expired");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let file = dir.join("ran");
     let mut s = cp
         .cp
@@ -461,24 +463,6 @@ async fn output_cap_and_timeout_are_reported() {
     assert!(exit.timed_out);
     assert_eq!(exit.signal, Some(15));
     assert_eq!(exit.killed_with.as_deref(), Some("SIGTERM"));
-}
-
-pub fn tempdir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "dtma-test-{name}-{}-{}",
-        std::process::id(),
-        fastrand_suffix()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn fastrand_suffix() -> u64 {
-    use std::time::{SystemTime, UNIX_EPOCH};
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
 }
 
 #[allow(dead_code)]

@@ -55,8 +55,8 @@ fn a_non_utf8_environment_is_no_panic() {
 
 #[test]
 fn a_zero_interval_in_the_file_is_a_problem() {
-    let dir = std::env::temp_dir().join(format!("dtma-cfg-bin-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let path = dir.join("dtma.toml");
     std::fs::write(&path, "ping_interval_ms = 0\nheartbeat_interval_ms = 0\n").unwrap();
     let out = dtma(
@@ -66,7 +66,6 @@ fn a_zero_interval_in_the_file_is_a_problem() {
             var("DTMA_CONFIG", &path.to_string_lossy()),
         ],
     );
-    std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(out.status.code(), Some(64));
     let err = text(&out.stderr);
     assert!(err.contains("`ping_interval_ms` in"), "{err}");

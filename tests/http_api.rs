@@ -538,8 +538,8 @@ async fn roles_limit_what_a_token_may_do() {
 
 #[tokio::test]
 async fn every_decision_is_audited_without_secrets() {
-    let dir = std::env::temp_dir().join(format!("dtma-http-audit-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let path = dir.join("audit.jsonl");
     let l = Local::start(local_config(Some(path.clone()))).await;
     l.exec(serde_json::json!({"command": "echo audited"})).await;
@@ -564,7 +564,6 @@ async fn every_decision_is_audited_without_secrets() {
         assert!(!text.contains(secret));
     }
     drop(l);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]

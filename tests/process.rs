@@ -233,3 +233,31 @@ async fn without_a_backend_url_the_agent_runs_local_only() {
     );
     child.start_kill().unwrap();
 }
+
+/// A variable that is not UTF-8 in the agent's environment neither stops the agent nor the
+/// command: it reaches the child byte for byte (and the secret scrub still works around it).
+#[tokio::test]
+async fn a_variable_that_is_not_utf8_reaches_the_child_unchanged() {
+    use std::os::unix::ffi::OsStrExt;
+    let cp = Cp::start(Options::default()).await;
+    let mut cmd = agent_command("p-odd", &cp.url());
+    cmd.env(
+        "DTMA_TEST_ODD",
+        std::ffi::OsStr::from_bytes(&[b'a', 0xff, b'z']),
+    );
+    let mut child = cmd.spawn().unwrap();
+    within(20, "agent connect", cp.cp.wait_for_agent("p-odd")).await;
+    let s = cp
+        .cp
+        .request("p-odd", exec("printf %s \"$DTMA_TEST_ODD\" | od -An -tx1"))
+        .unwrap();
+    let c = within(10, "odd env", collect(s)).await;
+    assert_eq!(
+        String::from_utf8_lossy(&c.stdout)
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["61", "ff", "7a"]
+    );
+    assert_eq!(c.exit.unwrap().exit_code, Some(0));
+    child.kill().await.unwrap();
+}

@@ -20,8 +20,8 @@ async fn every_line_arrives_once_in_order_across_50_cuts() {
     let _agent = InProc::start(agent_config("r1", proxy.url())).await;
     let mut session = within(10, "agent connect", cp.cp.wait_for_agent("r1")).await;
 
-    let dir = std::env::temp_dir().join(format!("dtma-cuts-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let stop_file = dir.join("stop");
     let _ = std::fs::remove_file(&stop_file);
     let cmd = format!(
@@ -76,7 +76,6 @@ async fn every_line_arrives_once_in_order_across_50_cuts() {
     }
     std::fs::write(&stop_file, b"").unwrap();
     let (bytes, exit) = within(60, "command end", consumer).await.unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
 
     assert_eq!(exit.expect("exit").exit_code, Some(0));
     let text = String::from_utf8(bytes).unwrap();
@@ -262,8 +261,8 @@ async fn an_unsupported_version_is_closed_with_4001() {
 async fn wss_with_a_private_ca() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let key = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let dir = std::env::temp_dir().join(format!("dtma-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let ca = dir.join("ca.pem");
     std::fs::write(&ca, key.cert.pem()).unwrap();
     let server_config = rustls::ServerConfig::builder()
@@ -308,7 +307,6 @@ async fn wss_with_a_private_ca() {
         b"secure\n"
     );
     stop.cancel();
-    let _ = std::fs::remove_dir_all(&dir);
     let _ = Duration::ZERO;
 }
 

@@ -20,24 +20,16 @@ fn load(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
 }
 
 /// A directory removed when the test ends.
-struct TempDir(PathBuf);
+struct TempDir(tempfile::TempDir);
 
 impl TempDir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("dtma-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
+    fn new(_name: &str) -> Self {
+        TempDir(tempfile::tempdir().unwrap())
     }
     fn write(&self, name: &str, text: &str) -> String {
-        let path = self.0.join(name);
+        let path = self.0.path().join(name);
         std::fs::write(&path, text).unwrap();
         path.to_string_lossy().into_owned()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -292,7 +284,7 @@ fn non_utf8_variables_nobody_reads_are_ignored() {
 fn token_from_file_and_credentials_directory() {
     let dir = TempDir::new("cfg-creds");
     dir.write("dtma_bearer_token", "from-creds\n");
-    let creds = dir.0.to_string_lossy().into_owned();
+    let creds = dir.0.path().to_string_lossy().into_owned();
     let cfg = load(&[], &[("CREDENTIALS_DIRECTORY", &creds)]).unwrap();
     assert_eq!(cfg.bearer_token.expose(), "from-creds");
     let file = dir.write("tok", "  from-file\n");
