@@ -8,8 +8,12 @@ need_apt=()
 for tool in curl python3; do
   command -v "$tool" >/dev/null || need_apt+=("$tool")
 done
+# The Docker tests build their image from local files (no registry is reachable here), with
+# /bin/busybox from busybox-static; docker-compose runs the benchmark's stack.
+[ -x /bin/busybox ] || need_apt+=(busybox-static)
+command -v docker-compose >/dev/null || need_apt+=(docker-compose)
 if [ ${#need_apt[@]} -gt 0 ]; then
-  apt-get update -qq && apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
 

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub mod docker;
 pub mod http;
 
 use dtma::config::{ChannelConfig, Config};
