@@ -1,5 +1,8 @@
-//! The Docker client seam (bollard over the local socket). This module answers the read-only
-//! questions the local API and the heartbeat ask; MCP group deployment builds on it.
+//! The Docker client seam (bollard over the local socket): the read-only questions the local
+//! API and the heartbeat ask (here), and the container operations MCP deployment needs
+//! ([`containers`]).
+
+pub mod containers;
 
 use std::collections::HashMap;
 
@@ -7,9 +10,9 @@ use bollard::Docker;
 use bollard::query_parameters::ListContainersOptionsBuilder;
 use serde::Serialize;
 
-/// Label every MCP container carries (set by the deploy work); used to find them.
-pub const MCP_LABEL: &str = "dtma.mcp";
-pub const LABEL_INSTANCE_ID: &str = "dtma.account_tool_instance_id";
+/// Label every container the agent manages carries; used to find them.
+pub const MCP_LABEL: &str = "ai.agentopia.dtma.managed";
+pub const LABEL_INSTANCE_ID: &str = "ai.agentopia.dtma.account_tool_instance_id";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -17,9 +20,14 @@ pub enum Error {
     Unreachable { socket: String, reason: String },
     #[error("Docker API error: {0}")]
     Api(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
 }
 
 /// A lazily connected Docker client.
+#[derive(Clone)]
 pub struct DockerClient {
     socket: String,
 }
@@ -57,7 +65,7 @@ impl DockerClient {
         &self.socket
     }
 
-    fn connect(&self) -> Result<Docker, Error> {
+    pub(crate) fn connect(&self) -> Result<Docker, Error> {
         Docker::connect_with_socket(&self.socket, 30, bollard::API_DEFAULT_VERSION).map_err(|e| {
             Error::Unreachable {
                 socket: self.socket.clone(),
@@ -66,8 +74,18 @@ impl DockerClient {
         })
     }
 
-    fn unreachable(&self, e: bollard::errors::Error) -> Error {
+    /// One mapping of bollard's errors: 404 and 409 keep their meaning, other answers are API
+    /// errors, anything else means the daemon is not reachable.
+    pub(crate) fn map_err(&self, e: bollard::errors::Error) -> Error {
         match e {
+            bollard::errors::Error::DockerResponseServerError {
+                status_code: 404,
+                message,
+            } => Error::NotFound(message),
+            bollard::errors::Error::DockerResponseServerError {
+                status_code: 409,
+                message,
+            } => Error::Conflict(message),
             bollard::errors::Error::DockerResponseServerError {
                 status_code,
                 message,
@@ -82,8 +100,8 @@ impl DockerClient {
     /// Version and summary counts, as `GET /diagnostics/docker` shows them.
     pub async fn diagnostics(&self) -> Result<serde_json::Value, Error> {
         let docker = self.connect()?;
-        let version = docker.version().await.map_err(|e| self.unreachable(e))?;
-        let info = docker.info().await.map_err(|e| self.unreachable(e))?;
+        let version = docker.version().await.map_err(|e| self.map_err(e))?;
+        let info = docker.info().await.map_err(|e| self.map_err(e))?;
         let containers = self.containers(false).await?;
         let mut table = String::from("CONTAINER ID   IMAGE   STATUS   NAMES\n");
         for c in &containers {
@@ -126,7 +144,7 @@ impl DockerClient {
         let list = docker
             .list_containers(Some(builder.build()))
             .await
-            .map_err(|e| self.unreachable(e))?;
+            .map_err(|e| self.map_err(e))?;
         Ok(list
             .into_iter()
             .map(|c| ContainerInfo {
@@ -172,7 +190,7 @@ impl DockerClient {
         let mut stream = docker.logs(container, Some(opts));
         let mut out = String::new();
         while let Some(item) = stream.next().await {
-            let chunk = item.map_err(|e| self.unreachable(e))?;
+            let chunk = item.map_err(|e| self.map_err(e))?;
             out.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
         }
         Ok(out)
