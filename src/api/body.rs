@@ -69,6 +69,19 @@ where
     Ok(out)
 }
 
+/// Decode an already parsed JSON value, naming the field that is wrong.
+pub fn decode_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            ApiError::bad_request(format!("invalid body: {inner}"))
+        } else {
+            ApiError::bad_request(format!("field `{path}`: {inner}"))
+        }
+    })
+}
+
 /// Decode with serde, naming the field that is wrong.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);

@@ -7,12 +7,14 @@
 //! commands, 503 Docker or shutdown.
 //!
 //! - [`commands`]: `/ssh/execute`, buffered or SSE.
+//! - [`mcp`]: `/mcp/*`: deploy, remove, restart, status.
 //! - [`body`]: JSON bodies, and the 413 that reaches clients that send everything first.
 //! - [`error`]: the error body and the rejection mapping.
 
 pub mod body;
 pub mod commands;
 pub mod error;
+pub mod mcp;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -61,43 +63,20 @@ pub fn routes(
     let mcp_status = warp::path!("mcp" / "status")
         .and(warp::get())
         .and(auth.clone())
-        .and_then(|s: Arc<Services>, _c: Caller| async move {
-            let v = s.diagnostics.mcp_status().await.map_err(ApiError::from)?;
-            Ok::<_, Rejection>(success_merged(v))
-        });
+        .and_then(mcp::status);
     let mcp_deploy = warp::path!("mcp" / "groups")
         .and(warp::post())
         .and(auth.clone())
         .and(body::json::<serde_json::Value>())
-        .and_then(
-            |s: Arc<Services>, c: Caller, body: serde_json::Value| async move {
-                require_operator(&c)?;
-                let group = body
-                    .get("groupId")
-                    .and_then(|g| g.as_str())
-                    .filter(|g| !g.is_empty())
-                    .ok_or_else(|| ApiError::bad_request("field `groupId` is missing or empty"))?;
-                let servers_ok = body.get("servers").is_some_and(|s| s.is_array());
-                if !servers_ok {
-                    return Err(ApiError::bad_request("field `servers` must be an array").into());
-                }
-                docker_pending(&s, &format!("deploying MCP group `{group}`")).await
-            },
-        );
+        .and_then(mcp::deploy);
     let mcp_remove = warp::path!("mcp" / "groups" / String)
         .and(warp::delete())
         .and(auth.clone())
-        .and_then(|group: String, s: Arc<Services>, c: Caller| async move {
-            require_operator(&c)?;
-            docker_pending(&s, &format!("removing MCP group `{group}`")).await
-        });
+        .and_then(mcp::remove);
     let mcp_restart = warp::path!("mcp" / "servers" / String / "restart")
         .and(warp::post())
         .and(auth.clone())
-        .and_then(|name: String, s: Arc<Services>, c: Caller| async move {
-            require_operator(&c)?;
-            docker_pending(&s, &format!("restarting MCP server `{name}`")).await
-        });
+        .and_then(mcp::restart);
 
     let diag_docker = warp::path!("diagnostics" / "docker")
         .and(warp::get())
@@ -155,7 +134,7 @@ fn success(key: &str, value: serde_json::Value) -> warp::reply::Response {
 }
 
 /// The seed's envelope around an object's own fields.
-fn success_merged(value: serde_json::Value) -> warp::reply::Response {
+pub(crate) fn success_merged(value: serde_json::Value) -> warp::reply::Response {
     let mut body = serde_json::Map::new();
     body.insert("success".into(), true.into());
     if let serde_json::Value::Object(fields) = value {
@@ -199,7 +178,7 @@ async fn authenticate(
     }
 }
 
-fn require_operator(c: &Caller) -> Result<(), Rejection> {
+pub(crate) fn require_operator(c: &Caller) -> Result<(), Rejection> {
     if c.role == Role::Diagnostics {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -212,17 +191,6 @@ fn require_operator(c: &Caller) -> Result<(), Rejection> {
         .into());
     }
     Ok(())
-}
-
-/// MCP management: routes and auth are here; the Docker work arrives with the Docker issue.
-async fn docker_pending(s: &Services, what: &str) -> Result<warp::reply::Response, Rejection> {
-    s.diagnostics.mcp_status().await.map_err(ApiError::from)?;
-    Err(ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "not_implemented",
-        format!("{what} is not implemented by this agent build yet"),
-    )
-    .into())
 }
 
 async fn logs(

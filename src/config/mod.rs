@@ -69,6 +69,8 @@ pub struct Config {
     pub audit: AuditConfig,
     /// The Docker daemon's socket (`DOCKER_HOST` when it is a `unix://` URL).
     pub docker_socket: String,
+    /// Network mode of MCP server containers (`DTMA_MCP_NETWORK`); `None`: Docker's default.
+    pub mcp_network: Option<String>,
 }
 
 /// A local API token from the config file.
@@ -355,6 +357,7 @@ impl Config {
                 ..AuditConfig::default()
             },
             docker_socket: DEFAULT_DOCKER_SOCKET.to_owned(),
+            mcp_network: None,
         }
     }
 }

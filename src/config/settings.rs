@@ -349,6 +349,17 @@ pub struct Settings {
         help_heading = "Audit and Docker"
     )]
     pub docker_host: Option<String>,
+    /// Docker network for MCP server containers: unset for Docker's default (a bridge, with the
+    /// port bindings published on the host); `host` where the machine has no bridge networking
+    /// (each server binds its port on the host itself); `none`; or a network's name [default:
+    /// Docker's default].
+    #[arg(
+        long,
+        env = "DTMA_MCP_NETWORK",
+        value_name = "NETWORK",
+        help_heading = "Audit and Docker"
+    )]
+    pub mcp_network: Option<String>,
 
     /// Local API tokens beyond the two seed tokens (config file only).
     #[arg(skip)]

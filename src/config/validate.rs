@@ -211,6 +211,7 @@ impl Resolved {
             policy: s.policy.clone(),
             audit,
             docker_socket,
+            mcp_network: s.mcp_network.clone().filter(|n| !n.is_empty()),
         })
     }
 

@@ -59,15 +59,6 @@ impl DiagnosticsService {
         Ok(self.agent.docker().diagnostics().await?)
     }
 
-    /// `GET /mcp/status`: the seed's `mcp_servers` table plus `servers[]`.
-    pub async fn mcp_status(&self) -> Result<serde_json::Value, Error> {
-        let list = self.agent.docker().containers(true).await?;
-        Ok(serde_json::json!({
-            "mcp_servers": mcp_table(&list),
-            "servers": list,
-        }))
-    }
-
     /// `GET /status`: the console's health monitor shape.
     pub async fn console_status(&self) -> serde_json::Value {
         console_status(&self.agent).await
@@ -128,28 +119,6 @@ pub fn tool_status(c: ContainerInfo) -> dtma_protocol::ToolStatus {
         }),
         instance_name_on_toolbox: c.name,
     }
-}
-
-fn mcp_table(list: &[ContainerInfo]) -> String {
-    let mut table = String::from("NAMES\t\t\tSTATUS\t\tPORTS\n");
-    for c in list {
-        let ports: Vec<String> = c
-            .ports
-            .iter()
-            .map(|p| match p.public_port {
-                Some(pp) => format!(
-                    "{}:{}->{}/{}",
-                    p.ip.clone().unwrap_or_default(),
-                    pp,
-                    p.private_port,
-                    p.kind
-                ),
-                None => format!("{}/{}", p.private_port, p.kind),
-            })
-            .collect();
-        table.push_str(&format!("{}\t{}\t{}\n", c.name, c.status, ports.join(", ")));
-    }
-    table
 }
 
 fn system(a: &Agent) -> serde_json::Value {

@@ -9,6 +9,7 @@
 
 pub mod commands;
 pub mod diagnostics;
+pub mod mcp;
 
 use std::sync::Arc;
 
@@ -16,12 +17,14 @@ use crate::agent::Agent;
 
 pub use commands::CommandService;
 pub use diagnostics::DiagnosticsService;
+pub use mcp::McpService;
 
 /// Every service, over one shared [`Agent`]. Adapters hold an `Arc<Services>`.
 pub struct Services {
     agent: Arc<Agent>,
     pub commands: CommandService,
     pub diagnostics: DiagnosticsService,
+    pub mcp: McpService,
 }
 
 impl Services {
@@ -29,6 +32,7 @@ impl Services {
         Arc::new(Services {
             commands: CommandService::new(agent.clone()),
             diagnostics: DiagnosticsService::new(agent.clone()),
+            mcp: McpService::new(agent.clone()),
             agent,
         })
     }

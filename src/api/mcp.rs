@@ -1,0 +1,112 @@
+//! `/mcp/*`: decode, call the MCP service, encode. Deploy, remove and restart need the operator
+//! or admin role; status is open to every token.
+
+use std::sync::Arc;
+
+use dtma_protocol::McpGroup;
+use warp::http::StatusCode;
+use warp::{Rejection, Reply};
+
+use super::error::ApiError;
+use super::{require_operator, success_merged};
+use crate::auth::Caller;
+use crate::services::Services;
+use crate::services::mcp::{McpError, NoProgress};
+
+/// The MCP service's failures as the local API's statuses.
+impl From<McpError> for ApiError {
+    fn from(e: McpError) -> ApiError {
+        match e {
+            McpError::ShuttingDown(s) => s.into(),
+            McpError::Invalid(e) => ApiError::bad_request(e.to_string()),
+            McpError::DockerUnavailable(m) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "docker_unavailable", m)
+            }
+            McpError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "not_found", m),
+            McpError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            McpError::DeployFailed { message, details } => {
+                let servers = serde_json::to_value(&details.servers).unwrap_or_default();
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "deploy_failed", message)
+                    .with("group_id", details.group_id)
+                    .with("servers", servers)
+            }
+            McpError::Docker(m) => ApiError::new(StatusCode::BAD_GATEWAY, "docker_error", m),
+        }
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, Rejection> {
+    serde_json::to_value(v).map_err(|e| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()).into()
+    })
+}
+
+/// `POST /mcp/groups`: the backend's deploy body.
+pub async fn deploy(
+    s: Arc<Services>,
+    caller: Caller,
+    body: serde_json::Value,
+) -> Result<warp::reply::Response, Rejection> {
+    require_operator(&caller)?;
+    let group: McpGroup = super::body::decode_value(body)?;
+    let spec = s.mcp.validate(&group).map_err(ApiError::from)?;
+    let result = s
+        .mcp
+        .deploy(spec, Arc::new(NoProgress))
+        .await
+        .map_err(ApiError::from)?;
+    Ok(success_merged(to_json(&result)?))
+}
+
+/// `DELETE /mcp/groups/:groupId`.
+pub async fn remove(
+    group: String,
+    s: Arc<Services>,
+    caller: Caller,
+) -> Result<warp::reply::Response, Rejection> {
+    require_operator(&caller)?;
+    let result = s
+        .mcp
+        .remove(&group, Arc::new(NoProgress))
+        .await
+        .map_err(ApiError::from)?;
+    Ok(success_merged(to_json(&result)?))
+}
+
+/// `POST /mcp/servers/:instanceName/restart`.
+pub async fn restart(
+    name: String,
+    s: Arc<Services>,
+    caller: Caller,
+) -> Result<warp::reply::Response, Rejection> {
+    require_operator(&caller)?;
+    let result = s
+        .mcp
+        .restart(&name, Arc::new(NoProgress))
+        .await
+        .map_err(ApiError::from)?;
+    Ok(success_merged(to_json(&result)?))
+}
+
+/// `GET /mcp/status`: the seed's `mcp_servers` table, `groups`, and `servers` (flat).
+pub async fn status(s: Arc<Services>, _caller: Caller) -> Result<warp::reply::Response, Rejection> {
+    let result = s.mcp.status(None).await.map_err(ApiError::from)?;
+    let servers: Vec<_> = result
+        .groups
+        .iter()
+        .flat_map(|g| {
+            g.servers.iter().map(move |srv| {
+                let mut v = serde_json::to_value(srv).unwrap_or_default();
+                if let Some(m) = v.as_object_mut() {
+                    m.insert("group_id".into(), g.group_id.clone().into());
+                }
+                v
+            })
+        })
+        .collect();
+    let mut body = to_json(&result)?;
+    if let Some(m) = body.as_object_mut() {
+        m.insert("servers".into(), servers.into());
+    }
+    Ok(success_merged(body).into_response())
+}

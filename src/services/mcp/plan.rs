@@ -1,0 +1,116 @@
+//! The desired state of a group (normalised from the wire body) and the names a deploy uses
+//! while it runs.
+//!
+//! A deploy never creates a container under its final name: new containers start as
+//! `<name>-dtma-new-<deploy>` and replaced ones are renamed `<name>-dtma-old-<deploy>`; only
+//! when every server of the group is ready are the new ones renamed to their final names and the
+//! old ones removed. So an agent (or a daemon) that dies mid-deploy leaves containers whose names
+//! say what they are: `-dtma-new-` ones were never committed (removed), `-dtma-old-` ones are put
+//! back under their final name unless that name is taken by a committed container.
+
+use dtma_protocol::{McpGroup, McpTransport};
+
+use crate::docker::spec::{self, ServerSpec, SpecError};
+
+const NEW_MARK: &str = "-dtma-new-";
+const OLD_MARK: &str = "-dtma-old-";
+
+/// A group's desired state.
+#[derive(Debug, Clone)]
+pub struct GroupSpec {
+    pub group_id: String,
+    pub servers: Vec<ServerSpec>,
+    pub shared_networking: bool,
+    pub max_concurrent: usize,
+}
+
+impl GroupSpec {
+    /// Check every field of the body; the first problem names its field.
+    pub fn from_wire(g: &McpGroup) -> Result<GroupSpec, SpecError> {
+        g.validate().map_err(|e| SpecError {
+            field: e.field.clone(),
+            message: e.problem.clone(),
+        })?;
+        let mut servers = Vec::with_capacity(g.servers.len());
+        for (i, s) in g.servers.iter().enumerate() {
+            let at = |f: &str| format!("servers[{i}].{f}");
+            let transport = s.mcp_transport_type.unwrap_or(McpTransport::Http);
+            let server = ServerSpec {
+                name: s.instance_name_on_toolbox.clone(),
+                container_name: spec::container_name(&s.instance_name_on_toolbox),
+                account_tool_instance_id: s.account_tool_instance_id.clone(),
+                image: spec::parse_image(&at("dockerImageUrl"), &s.docker_image_url)?,
+                env: spec::parse_env(&at("environmentVariables"), s.environment_variables.as_ref())?,
+                ports: spec::parse_ports(&at("portBindings"), s.port_bindings.as_ref())?,
+                limits: spec::parse_limits(&at("resourceLimits"), s.resource_limits.as_ref())?,
+                cap_add: spec::parse_caps(&at("capAdd"), s.cap_add.as_deref().unwrap_or(&[]))?,
+                transport: match transport {
+                    McpTransport::Http => spec::Transport::Http,
+                    McpTransport::Sse => spec::Transport::Sse,
+                    McpTransport::Stdio => spec::Transport::Stdio,
+                },
+                endpoint_path: s
+                    .mcp_endpoint_path
+                    .clone()
+                    .unwrap_or_else(|| "/mcp".to_owned()),
+                readiness_timeout: std::time::Duration::from_millis(
+                    s.readiness_timeout_ms.unwrap_or(60_000).into(),
+                ),
+            };
+            let probed = matches!(server.transport, spec::Transport::Http | spec::Transport::Sse);
+            if probed && !server.ports.iter().any(|p| p.protocol == spec::Protocol::Tcp) {
+                return Err(SpecError {
+                    field: at("portBindings"),
+                    message: "an http or sse server needs a TCP port: the agent checks its MCP \
+                              endpoint through it"
+                        .into(),
+                });
+            }
+            servers.push(server);
+        }
+        Ok(GroupSpec {
+            group_id: g.group_id.clone(),
+            servers,
+            shared_networking: g.shared_networking(),
+            max_concurrent: g.max_concurrent_deployments().max(1) as usize,
+        })
+    }
+}
+
+/// The name a new container has until its deploy commits.
+pub fn new_name(final_name: &str, deploy_id: &str) -> String {
+    format!("{final_name}{NEW_MARK}{deploy_id}")
+}
+
+/// The name a replaced container has until its deploy commits or rolls back.
+pub fn old_name(final_name: &str, deploy_id: &str) -> String {
+    format!("{final_name}{OLD_MARK}{deploy_id}")
+}
+
+/// Whether `name` is a container set aside by a deploy (not a server in its own right).
+pub fn is_aside(name: &str) -> bool {
+    name.contains(NEW_MARK) || name.contains(OLD_MARK)
+}
+
+/// What a leftover of an interrupted deploy is: `(final name, is_new)`.
+pub fn leftover(name: &str) -> Option<(&str, bool)> {
+    if let Some(i) = name.find(NEW_MARK) {
+        return Some((&name[..i], true));
+    }
+    name.find(OLD_MARK).map(|i| (&name[..i], false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aside_names_say_what_they_are() {
+        let n = new_name("dtma-mcp-a", "d1");
+        let o = old_name("dtma-mcp-a", "d1");
+        assert!(is_aside(&n) && is_aside(&o) && !is_aside("dtma-mcp-a"));
+        assert_eq!(leftover(&n), Some(("dtma-mcp-a", true)));
+        assert_eq!(leftover(&o), Some(("dtma-mcp-a", false)));
+        assert_eq!(leftover("dtma-mcp-a"), None);
+    }
+}
