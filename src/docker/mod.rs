@@ -1,5 +1,8 @@
 //! The Docker client seam (bollard over the local socket). This module answers the read-only
 //! questions the local API and the heartbeat ask; MCP group deployment builds on it.
+//! [`ready`] is the MCP readiness probe of deployed servers (an HTTP client of the containers).
+
+pub mod ready;
 
 use std::collections::HashMap;
 
