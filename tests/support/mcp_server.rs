@@ -21,6 +21,10 @@
 //!   stdout every interval, n = 1, 2, ...; every 10th line also to stderr.
 //! - `MCP_ALLOC_MB`: allocate and touch this many MiB at start and hold them (OOM tests).
 //!
+//! `GET /_dtma/sessions` (not in `http-only` mode) answers the `legacy` session counts as
+//! `{"opened", "initialized", "ended", "open"}`, so a test can see that a client sent
+//! `notifications/initialized` in its session and ended it with `DELETE`.
+//!
 //! SIGTERM and SIGINT end the process at once with status 0, so `docker stop` does not wait
 //! for its kill timeout (as PID 1 in a container, a process without a handler ignores them).
 //! Bad settings exit with status 64 and a message on stderr.
@@ -41,6 +45,9 @@ const VERSION: &str = "1";
 const LEGACY_VERSION: &str = "2025-11-25";
 /// The revision `discover` mode speaks (stateless, `server/discover`).
 const DISCOVER_VERSION: &str = "2026-07-28";
+
+/// Where the session counts are served.
+const SESSIONS_PATH: &str = "/_dtma/sessions";
 
 const MAX_HEAD: u64 = 64 << 10;
 const MAX_BODY: usize = 1 << 20;
@@ -186,6 +193,7 @@ fn main() -> ExitCode {
         mode: settings.mode,
         path: settings.path,
         sessions: Mutex::default(),
+        counts: Mutex::default(),
     });
     for conn in listener.incoming() {
         let Ok(conn) = conn else { continue };
@@ -410,6 +418,16 @@ struct Server {
     path: String,
     /// Open `legacy` sessions (their `Mcp-Session-Id`s).
     sessions: Mutex<HashSet<String>>,
+    counts: Mutex<Counts>,
+}
+
+/// What `GET /_dtma/sessions` reports.
+#[derive(Default)]
+struct Counts {
+    opened: u64,
+    /// `notifications/initialized` received in an open session.
+    initialized: u64,
+    ended: u64,
 }
 
 /// JSON-RPC error codes used here.
@@ -499,6 +517,14 @@ impl Server {
             // Any path, any method: an HTTP server that is up, but no MCP server.
             return Response::json(200, &json!({"status": "ok", "service": NAME}));
         }
+        if req.method == "GET" && req.path == SESSIONS_PATH {
+            let open = self.lock_sessions().len();
+            let c = self.lock_counts();
+            return Response::json(
+                200,
+                &json!({"opened": c.opened, "initialized": c.initialized, "ended": c.ended, "open": open}),
+            );
+        }
         if req.path != self.path {
             return Response::text(404, "no such path");
         }
@@ -526,9 +552,14 @@ impl Server {
     fn legacy(&self, req: &Request, msg: Message) -> Response {
         let (id, method) = match msg {
             Message::Request { id, method } => (id, method),
-            Message::Notification | Message::Response => {
+            msg @ (Message::Notification | Message::Response) => {
                 return match self.check_session(req, &Value::Null) {
-                    Ok(()) => Response::empty(202),
+                    Ok(()) => {
+                        if matches!(msg, Message::Notification) {
+                            self.lock_counts().initialized += 1;
+                        }
+                        Response::empty(202)
+                    }
                     Err(resp) => resp,
                 };
             }
@@ -539,6 +570,7 @@ impl Server {
                 // answer names it and the client decides (lifecycle, version negotiation).
                 let session = format!("{:032x}", fastrand::u128(..));
                 self.lock_sessions().insert(session.clone());
+                self.lock_counts().opened += 1;
                 rpc_result(
                     &id,
                     json!({
@@ -581,8 +613,10 @@ impl Server {
         if let Err(resp) = self.check_session(req, &Value::Null) {
             return resp;
         }
-        if let Some(session) = req.header("mcp-session-id") {
-            self.lock_sessions().remove(session);
+        if let Some(session) = req.header("mcp-session-id")
+            && self.lock_sessions().remove(session)
+        {
+            self.lock_counts().ended += 1;
         }
         Response::empty(204)
     }
@@ -590,6 +624,13 @@ impl Server {
     fn lock_sessions(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
         // A poisoned set is still a set: a panicking thread never leaves it half-changed.
         self.sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn lock_counts(&self) -> std::sync::MutexGuard<'_, Counts> {
+        // Plain counters: a poisoned lock holds valid numbers.
+        self.counts
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
