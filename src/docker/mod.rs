@@ -1,6 +1,8 @@
 //! The Docker client seam (bollard over the local socket). This module answers the read-only
 //! questions the local API and the heartbeat ask; MCP group deployment builds on it.
 
+pub mod spec;
+
 use std::collections::HashMap;
 
 use bollard::Docker;
