@@ -6,6 +6,8 @@
 pub mod containers;
 pub mod ready;
 
+pub mod spec;
+
 use std::collections::HashMap;
 
 use bollard::Docker;
