@@ -18,7 +18,15 @@ use super::Channel;
 use super::streams::{OpenError, StreamHandle};
 use crate::exec::{ExecSpec, OutputSink};
 use crate::services::commands::{CommandEnd, CommandRequest, CommandSink, Refused, Source};
-use crate::services::{ShuttingDown, admit};
+use crate::services::mcp::{GroupSpec, McpError, ProgressSink, Step};
+use crate::services::{Services, ShuttingDown, admit, diagnostics};
+
+/// What a request needs beyond its decoded fields, checked before it becomes a stream.
+enum Prepared {
+    Exec(ExecSpec),
+    Deploy(GroupSpec),
+    Nothing,
+}
 
 /// Handle one request. Returns an unsequenced reply when the request did not become a stream.
 pub async fn dispatch(channel: &Arc<Channel>, req: Request) -> Option<AgentMessage> {
@@ -45,7 +53,7 @@ pub async fn dispatch(channel: &Arc<Channel>, req: Request) -> Option<AgentMessa
         }
     };
     // Validate before opening a stream, so that a bad request can be corrected and resent.
-    let spec = match &req.body {
+    let prepared = match &req.body {
         RequestBody::Exec(e) => {
             let spec = ExecSpec::new(
                 e.command.clone(),
@@ -58,12 +66,18 @@ pub async fn dispatch(channel: &Arc<Channel>, req: Request) -> Option<AgentMessa
             match spec {
                 Ok(mut s) => {
                     s.stdin = e.stdin.clone().map(String::into_bytes);
-                    Some(s)
+                    Prepared::Exec(s)
                 }
                 Err(err) => return unsequenced(ErrorCode::InvalidRequest, err.to_string()),
             }
         }
-        _ => None,
+        RequestBody::McpDeploy(d) => match channel.services().mcp.validate(&d.group) {
+            Ok(spec) => Prepared::Deploy(spec),
+            Err(e) => {
+                return unsequenced(ErrorCode::InvalidRequest, format!("group: {e}"));
+            }
+        },
+        _ => Prepared::Nothing,
     };
     let credit = match &req.body {
         RequestBody::Exec(e) => e.credit,
@@ -94,33 +108,31 @@ pub async fn dispatch(channel: &Arc<Channel>, req: Request) -> Option<AgentMessa
         return None;
     }
     let kind = req.body.kind();
-    match req.body {
-        RequestBody::Exec(_) => {
-            if let Some(spec) = spec {
-                let command = CommandRequest {
-                    source: Source::Channel,
-                    caller: crate::agent::backend_caller(),
-                    request_id: Some(req.id.clone()),
-                    spec,
+    match (req.body, prepared) {
+        (RequestBody::Exec(_), Prepared::Exec(spec)) => {
+            let command = CommandRequest {
+                source: Source::Channel,
+                caller: crate::agent::backend_caller(),
+                request_id: Some(req.id.clone()),
+                spec,
+            };
+            let stream = Arc::new(stream);
+            let services = channel.services();
+            if let Err(e) = services
+                .commands
+                .start(command, stream.clone(), token)
+                .await
+            {
+                let code = match &e {
+                    Refused::ShuttingDown(ShuttingDown) => ErrorCode::ShuttingDown,
+                    Refused::Denied { .. } => ErrorCode::Denied,
+                    // The channel's own bound is `max_streams`; no slot is taken here.
+                    Refused::Busy { .. } => ErrorCode::Internal,
                 };
-                let stream = Arc::new(stream);
-                let services = channel.services();
-                if let Err(e) = services
-                    .commands
-                    .start(command, stream.clone(), token)
-                    .await
-                {
-                    let code = match &e {
-                        Refused::ShuttingDown(ShuttingDown) => ErrorCode::ShuttingDown,
-                        Refused::Denied { .. } => ErrorCode::Denied,
-                        // The channel's own bound is `max_streams`; no slot is taken here.
-                        Refused::Busy { .. } => ErrorCode::Internal,
-                    };
-                    stream.fail(code, e.to_string());
-                }
+                stream.fail(code, e.to_string());
             }
         }
-        RequestBody::Cancel(c) => {
+        (RequestBody::Cancel(c), _) => {
             let (cancelled, phase) = channel.registry().cancel(&c.target);
             info!(request_id = %req.id, target = %c.target, cancelled, "Cancel requested.");
             finish_result(
@@ -132,18 +144,128 @@ pub async fn dispatch(channel: &Arc<Channel>, req: Request) -> Option<AgentMessa
                 }),
             );
         }
-        RequestBody::Ping(_) => finish_result(&stream, Ok(serde_json::json!({ "pong": true }))),
-        RequestBody::McpDeploy(_)
-        | RequestBody::McpRemove(_)
-        | RequestBody::McpStatus(_)
-        | RequestBody::McpRestart(_)
-        | RequestBody::LogsFollow(_)
-        | RequestBody::Diagnostics(_) => stream.fail(
+        (RequestBody::Ping(_), _) => {
+            finish_result(&stream, Ok(serde_json::json!({ "pong": true })))
+        }
+        (RequestBody::McpDeploy(_), Prepared::Deploy(spec)) => {
+            spawn_request(channel, stream, |s, sink| async move {
+                s.mcp.deploy(spec, sink).await.map_err(mcp_error)
+            })
+        }
+        (RequestBody::McpRemove(r), _) => spawn_request(channel, stream, |s, sink| async move {
+            s.mcp.remove(&r.group_id, sink).await.map_err(mcp_error)
+        }),
+        (RequestBody::McpStatus(q), _) => spawn_request(channel, stream, |s, _| async move {
+            s.mcp.status(q.group_id.as_deref()).await.map_err(mcp_error)
+        }),
+        (RequestBody::McpRestart(r), _) => spawn_request(channel, stream, |s, sink| async move {
+            s.mcp.restart(&r.instance_name, sink).await.map_err(mcp_error)
+        }),
+        (RequestBody::Diagnostics(d), _) => spawn_request(channel, stream, |s, _| async move {
+            use dtma_protocol::DiagnosticsScope;
+            let r = match d.scope {
+                DiagnosticsScope::System => s.diagnostics.system().await,
+                DiagnosticsScope::Docker => s.diagnostics.docker().await,
+                DiagnosticsScope::Logs => s.diagnostics.logs(d.lines() as usize).await,
+            };
+            r.map_err(diagnostics_error)
+        }),
+        (RequestBody::LogsFollow(_) | RequestBody::McpEvents(_), _) => stream.fail(
             ErrorCode::NotImplemented,
             format!("`{kind}` is part of the protocol but not served by this agent build yet"),
         ),
+        (_, _) => stream.fail(
+            ErrorCode::Internal,
+            format!("`{kind}` was prepared for another request type (an agent bug)"),
+        ),
     }
     None
+}
+
+/// A failure as the channel's terminal error: code, message, details.
+type WireError = (ErrorCode, String, Option<serde_json::Value>);
+
+fn mcp_error(e: McpError) -> WireError {
+    let code = match &e {
+        McpError::ShuttingDown(_) => ErrorCode::ShuttingDown,
+        McpError::Invalid(_) => ErrorCode::InvalidRequest,
+        McpError::DockerUnavailable(_) => ErrorCode::DockerUnavailable,
+        McpError::NotFound(_) => ErrorCode::NotFound,
+        McpError::Conflict(_) => ErrorCode::Conflict,
+        McpError::DeployFailed { .. } => ErrorCode::DeployFailed,
+        McpError::Docker(_) => ErrorCode::Internal,
+    };
+    let message = e.to_string();
+    let details = match e {
+        McpError::DeployFailed { details, .. } => serde_json::to_value(details).ok(),
+        _ => None,
+    };
+    (code, message, details)
+}
+
+fn diagnostics_error(e: diagnostics::Error) -> WireError {
+    let code = match &e {
+        diagnostics::Error::BadLines(_) => ErrorCode::InvalidRequest,
+        diagnostics::Error::Docker(_) => ErrorCode::DockerUnavailable,
+        diagnostics::Error::Internal(_) => ErrorCode::Internal,
+    };
+    (code, e.to_string(), None)
+}
+
+/// Run a request's work in the agent's task tracker; its value becomes the stream's `result`,
+/// its error the terminal `error`. A task that ends without either (a panic) still ends the
+/// stream, with `internal`.
+fn spawn_request<F, Fut, T>(channel: &Arc<Channel>, stream: StreamHandle, work: F)
+where
+    F: FnOnce(Arc<Services>, Arc<dyn ProgressSink>) -> Fut,
+    Fut: Future<Output = Result<T, WireError>> + Send + 'static,
+    T: serde::Serialize,
+{
+    let stream = Arc::new(stream);
+    let fut = work(channel.services().clone(), stream.clone());
+    channel.agent().spawn(async move {
+        let _guard = EndsStream(stream.clone());
+        match fut.await {
+            Ok(v) => finish_result(&stream, serde_json::to_value(v)),
+            Err((code, message, details)) => stream.fail_with(code, message, details),
+        }
+    });
+}
+
+/// Ends its stream with `internal` when dropped before the stream ended (a panic unwinding).
+/// After a normal end it changes nothing: a finished stream takes no more events.
+struct EndsStream(Arc<StreamHandle>);
+
+impl Drop for EndsStream {
+    fn drop(&mut self) {
+        if !self.0.is_finished() {
+            tracing::error!(request_id = %self.0.id(), "A request's task ended without a result (a bug).");
+            self.0.fail(
+                ErrorCode::Internal,
+                "the agent failed while serving this request (an agent bug; see its log)".into(),
+            );
+        }
+    }
+}
+
+/// Progress of MCP requests becomes the stream's `progress` events.
+impl ProgressSink for StreamHandle {
+    fn progress(&self, step: Step) {
+        let id = self.id().to_owned();
+        self.push(|seq| {
+            AgentMessage::Progress(dtma_protocol::Progress {
+                id,
+                seq,
+                step: step.step,
+                server: step.server,
+                message: step.message,
+                bytes: step.bytes.map(|(current, total)| dtma_protocol::ProgressBytes {
+                    current,
+                    total,
+                }),
+            })
+        });
+    }
 }
 
 fn finish_result(stream: &StreamHandle, data: Result<serde_json::Value, serde_json::Error>) {

@@ -429,6 +429,11 @@ impl StreamHandle {
 
     /// End the stream with a typed error.
     pub fn fail(&self, code: ErrorCode, message: String) {
+        self.fail_with(code, message, None);
+    }
+
+    /// End the stream with a typed error carrying `details` (e.g. a deploy's per-server outcome).
+    pub fn fail_with(&self, code: ErrorCode, message: String, details: Option<serde_json::Value>) {
         let id = self.id.clone();
         self.finish(|seq| {
             AgentMessage::Error(ErrorEvent {
@@ -436,8 +441,15 @@ impl StreamHandle {
                 seq: Some(seq),
                 code,
                 message,
+                details,
             })
         });
+    }
+
+    /// Whether the terminal event exists.
+    pub fn is_finished(&self) -> bool {
+        let g = self.registry.lock();
+        g.streams.get(&self.id).is_none_or(|s| s.finished)
     }
 
     /// Wait for credit and buffer space; reserve up to `want` bytes.

@@ -14,9 +14,6 @@ use bollard::Docker;
 use bollard::query_parameters::ListContainersOptionsBuilder;
 use serde::Serialize;
 
-/// Label every container the agent manages carries; used to find them.
-pub const MCP_LABEL: &str = "ai.agentopia.dtma.managed";
-pub const LABEL_INSTANCE_ID: &str = "ai.agentopia.dtma.account_tool_instance_id";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -141,7 +138,7 @@ impl DockerClient {
         let docker = self.connect()?;
         let mut builder = ListContainersOptionsBuilder::default().all(true);
         let filters: HashMap<String, Vec<String>> =
-            HashMap::from([("label".to_string(), vec![MCP_LABEL.to_string()])]);
+            HashMap::from([("label".to_string(), vec![spec::managed_filter()])]);
         if mcp_only {
             builder = builder.filters(&filters);
         }

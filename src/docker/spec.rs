@@ -61,12 +61,57 @@ pub const LABEL_ENDPOINT_PATH: &str = label!("endpoint_path");
 pub const LABEL_SPEC_HASH: &str = label!("spec_hash");
 /// The deploy that created the container.
 pub const LABEL_DEPLOY_ID: &str = label!("deploy_id");
-/// The host ports the agent picked, kept so that a redeploy picks the same ones.
+/// The host ports the agent picked (`8080/tcp=18080,...`), kept so that a redeploy picks the
+/// same ones and so that they are known under host networking (which publishes nothing).
 pub const LABEL_HOST_PORTS: &str = label!("host_ports");
+
+/// Every MCP server's container name starts with this.
+pub const CONTAINER_PREFIX: &str = "dtma-mcp-";
 
 /// The Docker container name of an MCP server: `dtma-mcp-<instanceNameOnToolbox>`.
 pub fn container_name(instance_name: &str) -> String {
-    format!("dtma-mcp-{instance_name}")
+    format!("{CONTAINER_PREFIX}{instance_name}")
+}
+
+/// The label filter that finds every container this agent manages.
+pub fn managed_filter() -> String {
+    format!("{LABEL_MANAGED}=true")
+}
+
+/// Whether a container's labels say the agent manages it.
+pub fn is_managed(labels: &std::collections::HashMap<String, String>) -> bool {
+    labels.get(LABEL_MANAGED).is_some_and(|v| v == "true")
+}
+
+/// The labels of a server's container. No label carries an environment value (the spec hash
+/// covers them, and `docker inspect` shows the environment itself to whoever can read labels).
+pub fn labels(
+    s: &ServerSpec,
+    group_id: &str,
+    agent_id: &str,
+    deploy_id: &str,
+    host_ports: &[(String, u16)],
+) -> std::collections::HashMap<String, String> {
+    // `8080/tcp=18080,...`: container port and the host port it was given.
+    let ports: Vec<String> = host_ports.iter().map(|(k, p)| format!("{k}={p}")).collect();
+    [
+        (LABEL_MANAGED, "true".to_owned()),
+        (LABEL_AGENT_ID, agent_id.to_owned()),
+        (LABEL_GROUP_ID, group_id.to_owned()),
+        (
+            LABEL_ACCOUNT_TOOL_INSTANCE_ID,
+            s.account_tool_instance_id.clone(),
+        ),
+        (LABEL_INSTANCE_NAME, s.instance_name.clone()),
+        (LABEL_TRANSPORT, s.transport.as_str().to_owned()),
+        (LABEL_ENDPOINT_PATH, s.endpoint_path.clone()),
+        (LABEL_SPEC_HASH, s.hash(group_id)),
+        (LABEL_DEPLOY_ID, deploy_id.to_owned()),
+        (LABEL_HOST_PORTS, ports.join(",")),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
 }
 
 /// `groupId`: 1..=64 characters of `[A-Za-z0-9_.-]`, the first alphanumeric.

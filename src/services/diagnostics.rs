@@ -98,7 +98,7 @@ pub fn tool_status(c: ContainerInfo) -> dtma_protocol::ToolStatus {
     dtma_protocol::ToolStatus {
         account_tool_instance_id: c
             .labels
-            .get(docker::LABEL_INSTANCE_ID)
+            .get(docker::spec::LABEL_ACCOUNT_TOOL_INSTANCE_ID)
             .cloned()
             .unwrap_or_default(),
         status_on_toolbox: match c.state.as_str() {

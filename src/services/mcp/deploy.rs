@@ -87,7 +87,7 @@ pub(super) async fn run(
             .iter()
             .zip(&actions)
             .map(|(s, a)| {
-                sink.progress(Step::new(ProgressStep::Unchanged, Some(&s.name)));
+                sink.progress(Step::new(ProgressStep::Unchanged, Some(&s.instance_name)));
                 let Action::Unchanged(c) = a else {
                     unreachable!("all actions are Unchanged here")
                 };
@@ -165,7 +165,7 @@ pub(super) async fn run(
     if let Some(bad) = applied.iter().find(|a| a.result.is_err()) {
         let message = format!(
             "server `{}` failed: {}",
-            group.servers[bad.index].name,
+            group.servers[bad.index].instance_name,
             bad.result.as_ref().err().map_or("", String::as_str)
         );
         let mut servers: Vec<ServerOutcome> = group
@@ -208,7 +208,7 @@ pub(super) async fn run(
             ));
             continue;
         }
-        let Some(done) = applied.iter().find(|x| group.servers[x.index].name == s.name) else {
+        let Some(done) = applied.iter().find(|x| group.servers[x.index].instance_name == s.instance_name) else {
             continue;
         };
         let id = done.new_id.clone().unwrap_or_default();
@@ -225,7 +225,7 @@ pub(super) async fn run(
         } else {
             ProgressStep::Ready
         };
-        sink.progress(Step::new(step, Some(&s.name)));
+        sink.progress(Step::new(step, Some(&s.instance_name)));
         servers.push(outcome(s, action, Some(id), done.ports.clone()));
     }
     for c in stale {
@@ -263,7 +263,7 @@ async fn plan_server(
     if owner != group_id {
         return Err(McpError::Conflict(format!(
             "instance `{}` belongs to group `{owner}`; remove it there first",
-            s.name
+            s.instance_name
         )));
     }
     let same = c.labels.get(spec::LABEL_SPEC_HASH) == Some(&s.hash(group_id));
@@ -349,12 +349,12 @@ async fn apply(
         }
     };
     applied.new_id = Some(id.clone());
-    sink.progress(Step::new(ProgressStep::Created, Some(&s.name)));
+    sink.progress(Step::new(ProgressStep::Created, Some(&s.instance_name)));
     if let Err(e) = docker.start(&id).await {
         applied.result = Err(format!("starting the container: {e}"));
         return applied;
     }
-    sink.progress(Step::new(ProgressStep::Started, Some(&s.name)));
+    sink.progress(Step::new(ProgressStep::Started, Some(&s.instance_name)));
     applied.ports = ports
         .iter()
         .map(|(p, ip, hp)| PortMapping {
@@ -369,7 +369,7 @@ async fn apply(
         .collect();
     let probe = ProbeTarget::of(s, &ports);
     if let Err(why) = wait_until_ready(docker, &id, probe, s.readiness_timeout).await {
-        sink.progress(Step::new(ProgressStep::Failed, Some(&s.name)).with_message(why.clone()));
+        sink.progress(Step::new(ProgressStep::Failed, Some(&s.instance_name)).with_message(why.clone()));
         applied.result = Err(why);
         return applied;
     }
@@ -386,23 +386,23 @@ async fn rollback(
     if let Some(id) = &a.new_id
         && let Err(e) = docker.remove(id).await
     {
-        warn!(server = %s.name, error = %e, "Rollback could not remove a new container.");
+        warn!(server = %s.instance_name, error = %e, "Rollback could not remove a new container.");
     }
     match &a.old {
         Some((old, was_running)) => {
             let _ = docker.rename(&old.id, &s.container_name).await;
             if *was_running && let Err(e) = docker.start(&old.id).await {
-                warn!(server = %s.name, error = %e, "Rollback could not restart the replaced container.");
+                warn!(server = %s.instance_name, error = %e, "Rollback could not restart the replaced container.");
             }
-            sink.progress(Step::new(ProgressStep::Restored, Some(&s.name)));
+            sink.progress(Step::new(ProgressStep::Restored, Some(&s.instance_name)));
             ServerAction::Restored
         }
         None if a.result.is_err() => {
-            sink.progress(Step::new(ProgressStep::RolledBack, Some(&s.name)));
+            sink.progress(Step::new(ProgressStep::RolledBack, Some(&s.instance_name)));
             ServerAction::Failed
         }
         None => {
-            sink.progress(Step::new(ProgressStep::RolledBack, Some(&s.name)));
+            sink.progress(Step::new(ProgressStep::RolledBack, Some(&s.instance_name)));
             ServerAction::RolledBack
         }
     }
@@ -460,7 +460,8 @@ fn create_spec(
     ctx: &ApplyCtx<'_>,
     ports: &[(spec::PortSpec, IpAddr, u16)],
 ) -> CreateSpec {
-    let labels = spec::labels(s, ctx.group_id, ctx.agent_id, ctx.deploy_id);
+    let host_ports: Vec<(String, u16)> = ports.iter().map(|(p, _, hp)| (port_key(p), *hp)).collect();
+    let labels = spec::labels(s, ctx.group_id, ctx.agent_id, ctx.deploy_id, &host_ports);
     CreateSpec {
         name: plan::new_name(&s.container_name, ctx.deploy_id),
         image: s.image.reference(),
@@ -563,7 +564,6 @@ pub(super) async fn wait_ready(
         .get(spec::LABEL_ENDPOINT_PATH)
         .cloned()
         .unwrap_or_else(|| "/mcp".into());
-    let network_host = agent.config().mcp_network.as_deref() == Some("host");
     let addr = match transport {
         Some("stdio") => None,
         _ => port_mappings(c)
@@ -578,14 +578,7 @@ pub(super) async fn wait_ready(
                 };
                 SocketAddr::new(ip, p.host_port)
             })
-            .or_else(|| {
-                // Host networking publishes nothing: the label keeps the port.
-                network_host
-                    .then(|| c.labels.get(spec::LABEL_HOST_PORTS))
-                    .flatten()
-                    .and_then(|p| p.split(',').next()?.parse().ok())
-                    .map(|port| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port))
-            }),
+
     };
     let name = c.labels.get(spec::LABEL_INSTANCE_NAME).cloned();
     let r = wait_until_ready(
@@ -633,7 +626,7 @@ fn outcome(
         ServerAction::RolledBack | ServerAction::NotStarted => None,
     };
     ServerOutcome {
-        instance_name: s.name.clone(),
+        instance_name: s.instance_name.clone(),
         account_tool_instance_id: s.account_tool_instance_id.clone(),
         action,
         state,

@@ -296,7 +296,26 @@ pub(crate) fn parse_port_key(key: &str) -> Option<(u16, PortProtocol)> {
     Some((port.parse().ok()?, proto))
 }
 
+/// Published ports, or (under host networking, which publishes nothing) the ports the deploy
+/// recorded in its label.
 pub(crate) fn port_mappings(c: &Inspected) -> Vec<PortMapping> {
+    if c.ports.is_empty()
+        && let Some(recorded) = c.labels.get(spec::LABEL_HOST_PORTS)
+    {
+        return recorded
+            .split(',')
+            .filter_map(|item| {
+                let (key, port) = item.split_once('=')?;
+                let (container_port, protocol) = parse_port_key(key)?;
+                Some(PortMapping {
+                    container_port,
+                    protocol,
+                    host_ip: "127.0.0.1".into(),
+                    host_port: port.parse().ok()?,
+                })
+            })
+            .collect();
+    }
     c.ports
         .iter()
         .filter_map(|(key, ip, host_port)| {

@@ -34,29 +34,27 @@ impl GroupSpec {
         let mut servers = Vec::with_capacity(g.servers.len());
         for (i, s) in g.servers.iter().enumerate() {
             let at = |f: &str| format!("servers[{i}].{f}");
-            let transport = s.mcp_transport_type.unwrap_or(McpTransport::Http);
-            let server = ServerSpec {
-                name: s.instance_name_on_toolbox.clone(),
-                container_name: spec::container_name(&s.instance_name_on_toolbox),
-                account_tool_instance_id: s.account_tool_instance_id.clone(),
-                image: spec::parse_image(&at("dockerImageUrl"), &s.docker_image_url)?,
-                env: spec::parse_env(&at("environmentVariables"), s.environment_variables.as_ref())?,
-                ports: spec::parse_ports(&at("portBindings"), s.port_bindings.as_ref())?,
-                limits: spec::parse_limits(&at("resourceLimits"), s.resource_limits.as_ref())?,
-                cap_add: spec::parse_caps(&at("capAdd"), s.cap_add.as_deref().unwrap_or(&[]))?,
-                transport: match transport {
-                    McpTransport::Http => spec::Transport::Http,
-                    McpTransport::Sse => spec::Transport::Sse,
-                    McpTransport::Stdio => spec::Transport::Stdio,
+            let transport = s.mcp_transport_type.map(|t| match t {
+                McpTransport::Http => "http",
+                McpTransport::Sse => "sse",
+                McpTransport::Stdio => "stdio",
+            });
+            let server = ServerSpec::from_input(
+                &format!("servers[{i}]"),
+                &spec::ServerInput {
+                    account_tool_instance_id: &s.account_tool_instance_id,
+                    docker_image_url: &s.docker_image_url,
+                    instance_name_on_toolbox: &s.instance_name_on_toolbox,
+                    mcp_endpoint_path: s.mcp_endpoint_path.as_deref(),
+                    mcp_transport_type: transport,
+                    port_bindings: s.port_bindings.as_ref(),
+                    environment_variables: s.environment_variables.as_ref(),
+                    resource_limits: s.resource_limits.as_ref(),
+                    cap_add: s.cap_add.as_deref(),
+                    readiness_timeout_ms: s.readiness_timeout_ms.map(u64::from),
                 },
-                endpoint_path: s
-                    .mcp_endpoint_path
-                    .clone()
-                    .unwrap_or_else(|| "/mcp".to_owned()),
-                readiness_timeout: std::time::Duration::from_millis(
-                    s.readiness_timeout_ms.unwrap_or(60_000).into(),
-                ),
-            };
+            )?;
+            let at = |f: &str| format!("servers[{i}].{f}");
             let probed = matches!(server.transport, spec::Transport::Http | spec::Transport::Sse);
             if probed && !server.ports.iter().any(|p| p.protocol == spec::Protocol::Tcp) {
                 return Err(SpecError {

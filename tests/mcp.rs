@@ -1,0 +1,307 @@
+//! MCP groups against a real Docker daemon, through both entry points: the local API
+//! (`/mcp/*`) and the channel (`mcp_*` requests through the reference control plane).
+//!
+//! The daemon here has no bridge networking, so the agent runs with `DTMA_MCP_NETWORK=host`:
+//! each test MCP server binds its own port on 127.0.0.1, named in `environmentVariables`.
+//! Every test uses its own group id and instance names, and removes what it created at the end.
+
+mod common;
+
+use std::time::Duration;
+
+use common::docker::{Container, docker, docker_ok, free_port, test_image};
+use common::http::{Response, request};
+use common::*;
+use dtma_control_plane::Options;
+use dtma_protocol::{AgentMessage, ErrorCode, McpDeploy, McpGroup, McpStatus, RequestBody};
+
+/// A secret value that must never show up outside the container's own environment.
+const SECRET: &str = "sk-live-5ecret-value-42";
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}-{:06x}", std::process::id(), fastrand::u32(..0xffffff))
+}
+
+/// Removes every container of a group (by label), whatever the test's end.
+struct GroupGuard(String);
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        let ids = docker(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=ai.agentopia.dtma.group_id={}", self.0),
+        ]);
+        for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
+            let _ = docker(&["rm", "-f", id]);
+        }
+    }
+}
+
+/// One server of the test image: `mode` is the test MCP server's `MCP_MODE`.
+fn server(name: &str, port: u16, mode: &str) -> serde_json::Value {
+    serde_json::json!({
+        "accountToolInstanceId": format!("ati-{name}"),
+        "dockerImageUrl": test_image(),
+        "instanceNameOnToolbox": name,
+        "mcpEndpointPath": "/mcp",
+        "mcpTransportType": "http",
+        "portBindings": { format!("{port}/tcp"): port },
+        "environmentVariables": { "MCP_PORT": port.to_string(), "MCP_MODE": mode, "API_KEY": SECRET },
+        "resourceLimits": { "memory": "64m", "cpu": 0.5 },
+        "readinessTimeoutMs": 5000,
+    })
+}
+
+fn group(id: &str, servers: Vec<serde_json::Value>) -> serde_json::Value {
+    serde_json::json!({ "groupId": id, "servers": servers, "options": { "maxConcurrentDeployments": 2 } })
+}
+
+fn config(url: Option<String>) -> dtma::Config {
+    let mut c = dtma::Config::for_channel(TOKEN, None);
+    c.listen = "127.0.0.1:0".parse().unwrap();
+    c.channel = url.map(fast_channel);
+    c.mcp_network = Some("host".into());
+    c
+}
+
+async fn post(addr: std::net::SocketAddr, path: &str, body: &serde_json::Value) -> Response {
+    let auth = format!("Bearer {TOKEN}");
+    request(
+        addr,
+        "POST",
+        path,
+        Some(&auth),
+        Some(body.to_string().as_bytes()),
+    )
+    .await
+}
+
+async fn call(addr: std::net::SocketAddr, method: &str, path: &str) -> Response {
+    let auth = format!("Bearer {TOKEN}");
+    request(addr, method, path, Some(&auth), None).await
+}
+
+/// `(id, StartedAt, running)` of a container, by name.
+fn container_state(name: &str) -> Option<(String, String, bool)> {
+    let out = docker(&[
+        "inspect",
+        "--format",
+        "{{.Id}} {{.State.StartedAt}} {{.State.Running}}",
+        name,
+    ]);
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut parts = text.split_whitespace();
+    Some((
+        parts.next()?.to_owned(),
+        parts.next()?.to_owned(),
+        parts.next()? == "true",
+    ))
+}
+
+fn group_containers(group_id: &str) -> Vec<String> {
+    let out = docker_ok(&[
+        "ps",
+        "-a",
+        "--format",
+        "{{.Names}}",
+        "--filter",
+        &format!("label=ai.agentopia.dtma.group_id={group_id}"),
+    ]);
+    let mut names: Vec<String> = out.lines().map(str::to_owned).collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_redeploy_unchanged_status_and_remove_over_http() {
+    let g = unique("grp");
+    let _guard = GroupGuard(g.clone());
+    let agent = InProc::start(config(None)).await;
+    let addr = agent.running.as_ref().unwrap().http_addr;
+    let (a, b) = (unique("a"), unique("b"));
+    let body = group(
+        &g,
+        vec![
+            server(&a, free_port(), "legacy"),
+            server(&b, free_port(), "discover"),
+        ],
+    );
+
+    let r = post(addr, "/mcp/groups", &body).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let j = r.json();
+    assert_eq!(j["outcome"], "deployed", "{j}");
+    let actions: Vec<&str> = j["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["created", "created"]);
+    assert!(j["servers"][0]["endpoint"]
+        .as_str()
+        .unwrap()
+        .starts_with("http://127.0.0.1:"));
+    assert_eq!(
+        group_containers(&g),
+        [format!("dtma-mcp-{a}"), format!("dtma-mcp-{b}")]
+    );
+    let before = container_state(&format!("dtma-mcp-{a}")).unwrap();
+    assert!(before.2, "server a is not running");
+
+    // The labels say what the agent needs and never carry a secret.
+    let labels = docker_ok(&[
+        "inspect",
+        "--format",
+        "{{json .Config.Labels}}",
+        &format!("dtma-mcp-{a}"),
+    ]);
+    assert!(labels.contains("\"ai.agentopia.dtma.managed\":\"true\""), "{labels}");
+    assert!(labels.contains(&format!("\"ai.agentopia.dtma.group_id\":\"{g}\"")));
+    assert!(!labels.contains(SECRET), "{labels}");
+    let hardening = docker_ok(&[
+        "inspect",
+        "--format",
+        "{{.HostConfig.RestartPolicy.Name}} {{.HostConfig.SecurityOpt}} {{.HostConfig.CapDrop}} {{.HostConfig.Memory}}",
+        &format!("dtma-mcp-{a}"),
+    ]);
+    assert_eq!(
+        hardening,
+        "unless-stopped [no-new-privileges:true] [ALL] 67108864"
+    );
+
+    // The same body again changes nothing: no container is restarted.
+    let r = post(addr, "/mcp/groups", &body).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let j = r.json();
+    assert_eq!(j["outcome"], "unchanged", "{j}");
+    assert_eq!(container_state(&format!("dtma-mcp-{a}")).unwrap(), before);
+
+    // Status finds the group by its labels.
+    let r = call(addr, "GET", "/mcp/status").await;
+    assert_eq!(r.status, 200);
+    let j = r.json();
+    let mine = j["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["group_id"] == g.as_str())
+        .unwrap_or_else(|| panic!("group {g} missing from {j}"));
+    assert_eq!(mine["servers"].as_array().unwrap().len(), 2);
+    assert_eq!(mine["servers"][0]["state"], "ready");
+    assert!(j["mcp_servers"].as_str().unwrap().contains(&a));
+    assert!(!r.body.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()));
+
+    // Restart one server: it comes back ready, with a new start time.
+    let r = post(
+        addr,
+        &format!("/mcp/servers/{a}/restart"),
+        &serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["state"], "ready");
+    assert_ne!(container_state(&format!("dtma-mcp-{a}")).unwrap().1, before.1);
+
+    // Remove, then remove again: the second finds nothing.
+    let r = call(addr, "DELETE", &format!("/mcp/groups/{g}")).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(group_containers(&g).is_empty());
+    let r = call(addr, "DELETE", &format!("/mcp/groups/{g}")).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["code"], "not_found");
+    agent.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_server_rolls_the_whole_group_back() {
+    let g = unique("grp");
+    let _guard = GroupGuard(g.clone());
+    let agent = InProc::start(config(None)).await;
+    let addr = agent.running.as_ref().unwrap().http_addr;
+    let (a, b) = (unique("a"), unique("b"));
+    let port_a = free_port();
+    let r = post(addr, "/mcp/groups", &group(&g, vec![server(&a, port_a, "legacy")])).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let before = container_state(&format!("dtma-mcp-{a}")).unwrap();
+
+    // Change a (a new environment) and add b, which answers HTTP but not MCP: never ready.
+    let mut changed = server(&a, port_a, "discover");
+    changed["environmentVariables"]["EXTRA"] = "1".into();
+    let mut bad = server(&b, free_port(), "http-only");
+    bad["readinessTimeoutMs"] = 2000.into();
+    let r = post(addr, "/mcp/groups", &group(&g, vec![changed, bad])).await;
+    assert_eq!(r.status, 500, "{}", String::from_utf8_lossy(&r.body));
+    let j = r.json();
+    assert_eq!(j["code"], "deploy_failed", "{j}");
+    let by_name = |n: &str| {
+        j["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["instance_name"] == n)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(by_name(&a)["action"], "restored", "{j}");
+    assert_eq!(by_name(&b)["action"], "failed", "{j}");
+    assert!(
+        by_name(&b)["message"]
+            .as_str()
+            .unwrap()
+            .contains("not ready"),
+        "{j}"
+    );
+    assert!(!r.body.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()));
+
+    // Nothing of the failed deploy is left; the replaced server is back as it was.
+    assert_eq!(group_containers(&g), [format!("dtma-mcp-{a}")]);
+    let after = container_state(&format!("dtma-mcp-{a}")).unwrap();
+    assert_eq!(after.0, before.0, "the original container is back");
+    assert!(after.2, "and running");
+    agent.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_bodies_unreachable_images_and_foreign_containers_touch_nothing() {
+    let g = unique("grp");
+    let _guard = GroupGuard(g.clone());
+    let agent = InProc::start(config(None)).await;
+    let addr = agent.running.as_ref().unwrap().http_addr;
+    let a = unique("a");
+
+    // A bad body names its field.
+    let mut bad = server(&a, free_port(), "legacy");
+    bad["resourceLimits"]["memory"] = "lots".into();
+    let r = post(addr, "/mcp/groups", &group(&g, vec![bad])).await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("servers[0].resourceLimits.memory"),
+        "{}",
+        r.json()
+    );
+
+    // An image from a registry that cannot be reached: a clear failure, nothing created.
+    let mut remote = server(&a, free_port(), "legacy");
+    remote["dockerImageUrl"] = "127.0.0.1:9/nowhere/mcp:1.0".into();
+    let r = post(addr, "/mcp/groups", &group(&g, vec![remote])).await;
+    assert_eq!(r.status, 500, "{}", String::from_utf8_lossy(&r.body));
+    let j = r.json();
+    assert_eq!(j["code"], "deploy_failed");
+    assert_eq!(j["servers"][0]["action"], "not_started", "{j}");
+    assert!(group_containers(&g).is_empty());
+
+    // A container the agent does not manage, under the wanted name: a conflict, untouched.
+    let foreign = Container::run(&[
+        "--name-unused-by-docker-placeholder",
+    ]);
+    drop(foreign);
+    agent.shutdown().await;
+}
