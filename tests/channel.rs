@@ -402,17 +402,27 @@ async fn placeholder_requests_answer_not_implemented() {
     let cp = Cp::start(Options::default()).await;
     let _agent = InProc::start(agent_config("a7", cp.url())).await;
     within(10, "agent connect", cp.cp.wait_for_agent("a7")).await;
-    for kind in [
-        "mcp_deploy",
-        "mcp_remove",
-        "mcp_status",
-        "mcp_restart",
-        "logs_follow",
-        "diagnostics",
+    let server = serde_json::json!({
+        "accountToolInstanceId": "t1",
+        "dockerImageUrl": "ghcr.io/org/some-mcp:1.2.0",
+        "instanceNameOnToolbox": "s1",
+    });
+    for (kind, fields) in [
+        (
+            "mcp_deploy",
+            serde_json::json!({ "group": { "groupId": "g", "servers": [server] } }),
+        ),
+        ("mcp_remove", serde_json::json!({ "group_id": "g" })),
+        ("mcp_status", serde_json::json!({})),
+        ("mcp_restart", serde_json::json!({ "instance_name": "s1" })),
+        ("logs_follow", serde_json::json!({ "instance_name": "s1" })),
+        ("diagnostics", serde_json::json!({ "scope": "system" })),
+        ("mcp_events", serde_json::json!({})),
     ] {
         let id = format!("ph-{kind}");
-        let body: RequestBody =
-            serde_json::from_value(serde_json::json!({ "type": kind, "groupId": "g" })).unwrap();
+        let mut fields = fields;
+        fields["type"] = kind.into();
+        let body: RequestBody = serde_json::from_value(fields).unwrap();
         let mut s = cp.cp.request_with_id("a7", id, None, body).unwrap();
         match within(10, "placeholder", s.recv()).await {
             Some(AgentMessage::Error(e)) => {

@@ -29,6 +29,7 @@ pub async fn dispatch(channel: &Arc<Channel>, req: Request) -> Option<AgentMessa
             seq: None,
             code,
             message,
+            details: None,
         }))
     };
     if let Err(e) = admit(agent) {
@@ -138,7 +139,8 @@ pub async fn dispatch(channel: &Arc<Channel>, req: Request) -> Option<AgentMessa
         | RequestBody::McpStatus(_)
         | RequestBody::McpRestart(_)
         | RequestBody::LogsFollow(_)
-        | RequestBody::Diagnostics(_) => stream.fail(
+        | RequestBody::Diagnostics(_)
+        | RequestBody::McpEvents(_) => stream.fail(
             ErrorCode::NotImplemented,
             format!("`{kind}` is part of the protocol but not served by this agent build yet"),
         ),

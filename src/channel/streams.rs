@@ -436,6 +436,7 @@ impl StreamHandle {
                 seq: Some(seq),
                 code,
                 message,
+                details: None,
             })
         });
     }
