@@ -48,7 +48,15 @@ use services::Services;
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// What this agent announces in `hello`.
-pub const CAPABILITIES: [&str; 5] = ["exec", "cancel", "ping", "credit", "resume"];
+pub const CAPABILITIES: [&str; 7] = [
+    "exec",
+    "cancel",
+    "ping",
+    "credit",
+    "resume",
+    "mcp",
+    "diagnostics",
+];
 
 /// How long shutdown waits for the backend to acknowledge the final events.
 const FINAL_EVENTS_WAIT: Duration = Duration::from_secs(2);
@@ -159,6 +167,17 @@ pub async fn start_with_logs(
         })
         .run();
     let http_task = tokio::spawn(server);
+    // Leftovers of MCP deploys an earlier agent (or daemon) did not finish; Docker may be down.
+    agent.spawn({
+        let services = services.clone();
+        async move {
+            match services.mcp.reconcile().await {
+                Ok(0) => {}
+                Ok(n) => info!(containers = n, "Finished interrupted MCP deploys."),
+                Err(e) => tracing::debug!(error = %e, "MCP start-up check skipped."),
+            }
+        }
+    });
     let chan_stop = CancellationToken::new();
     let chan_task = channel
         .clone()

@@ -404,17 +404,14 @@ async fn placeholder_requests_answer_not_implemented() {
     let cp = Cp::start(Options::default()).await;
     let _agent = InProc::start(agent_config("a7", cp.url())).await;
     within(10, "agent connect", cp.cp.wait_for_agent("a7")).await;
-    for kind in [
-        "mcp_deploy",
-        "mcp_remove",
-        "mcp_status",
-        "mcp_restart",
-        "logs_follow",
-        "diagnostics",
+    for (kind, fields) in [
+        ("logs_follow", serde_json::json!({ "instance_name": "s1" })),
+        ("mcp_events", serde_json::json!({})),
     ] {
         let id = format!("ph-{kind}");
-        let body: RequestBody =
-            serde_json::from_value(serde_json::json!({ "type": kind, "groupId": "g" })).unwrap();
+        let mut fields = fields;
+        fields["type"] = kind.into();
+        let body: RequestBody = serde_json::from_value(fields).unwrap();
         let mut s = cp.cp.request_with_id("a7", id, None, body).unwrap();
         match within(10, "placeholder", s.recv()).await {
             Some(AgentMessage::Error(e)) => {

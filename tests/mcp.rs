@@ -7,19 +7,21 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::docker::{Container, docker, docker_ok, free_port, test_image};
+use common::docker::{docker, docker_ok, free_port, test_image};
 use common::http::{Response, request};
 use common::*;
 use dtma_control_plane::Options;
-use dtma_protocol::{AgentMessage, ErrorCode, McpDeploy, McpGroup, McpStatus, RequestBody};
+use dtma_protocol::{AgentMessage, ErrorCode, RequestBody};
 
 /// A secret value that must never show up outside the container's own environment.
 const SECRET: &str = "sk-live-5ecret-value-42";
 
 fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}-{:06x}", std::process::id(), fastrand::u32(..0xffffff))
+    format!(
+        "{prefix}-{}-{:06x}",
+        std::process::id(),
+        fastrand::u32(..0xffffff)
+    )
 }
 
 /// Removes every container of a group (by label), whatever the test's end.
@@ -35,6 +37,14 @@ impl Drop for GroupGuard {
         for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
             let _ = docker(&["rm", "-f", id]);
         }
+    }
+}
+
+/// A container made by the test, not by the agent.
+struct ForeignContainer(String);
+impl Drop for ForeignContainer {
+    fn drop(&mut self) {
+        let _ = docker(&["rm", "-f", &self.0]);
     }
 }
 
@@ -62,6 +72,8 @@ fn config(url: Option<String>) -> dtma::Config {
     c.listen = "127.0.0.1:0".parse().unwrap();
     c.channel = url.map(fast_channel);
     c.mcp_network = Some("host".into());
+    // Tests share one daemon: each agent its own id (the start-up check touches only its own).
+    c.agent_id = unique("agent");
     c
 }
 
@@ -142,10 +154,12 @@ async fn deploy_redeploy_unchanged_status_and_remove_over_http() {
         .map(|s| s["action"].as_str().unwrap())
         .collect();
     assert_eq!(actions, ["created", "created"]);
-    assert!(j["servers"][0]["endpoint"]
-        .as_str()
-        .unwrap()
-        .starts_with("http://127.0.0.1:"));
+    assert!(
+        j["servers"][0]["endpoint"]
+            .as_str()
+            .unwrap()
+            .starts_with("http://127.0.0.1:")
+    );
     assert_eq!(
         group_containers(&g),
         [format!("dtma-mcp-{a}"), format!("dtma-mcp-{b}")]
@@ -160,7 +174,10 @@ async fn deploy_redeploy_unchanged_status_and_remove_over_http() {
         "{{json .Config.Labels}}",
         &format!("dtma-mcp-{a}"),
     ]);
-    assert!(labels.contains("\"ai.agentopia.dtma.managed\":\"true\""), "{labels}");
+    assert!(
+        labels.contains("\"ai.agentopia.dtma.managed\":\"true\""),
+        "{labels}"
+    );
     assert!(labels.contains(&format!("\"ai.agentopia.dtma.group_id\":\"{g}\"")));
     assert!(!labels.contains(SECRET), "{labels}");
     let hardening = docker_ok(&[
@@ -205,7 +222,10 @@ async fn deploy_redeploy_unchanged_status_and_remove_over_http() {
     .await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.json()["state"], "ready");
-    assert_ne!(container_state(&format!("dtma-mcp-{a}")).unwrap().1, before.1);
+    assert_ne!(
+        container_state(&format!("dtma-mcp-{a}")).unwrap().1,
+        before.1
+    );
 
     // Remove, then remove again: the second finds nothing.
     let r = call(addr, "DELETE", &format!("/mcp/groups/{g}")).await;
@@ -225,7 +245,12 @@ async fn a_failing_server_rolls_the_whole_group_back() {
     let addr = agent.running.as_ref().unwrap().http_addr;
     let (a, b) = (unique("a"), unique("b"));
     let port_a = free_port();
-    let r = post(addr, "/mcp/groups", &group(&g, vec![server(&a, port_a, "legacy")])).await;
+    let r = post(
+        addr,
+        "/mcp/groups",
+        &group(&g, vec![server(&a, port_a, "legacy")]),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let before = container_state(&format!("dtma-mcp-{a}")).unwrap();
 
@@ -299,9 +324,236 @@ async fn bad_bodies_unreachable_images_and_foreign_containers_touch_nothing() {
     assert!(group_containers(&g).is_empty());
 
     // A container the agent does not manage, under the wanted name: a conflict, untouched.
-    let foreign = Container::run(&[
-        "--name-unused-by-docker-placeholder",
+    let name = format!("dtma-mcp-{a}");
+    let foreign = ForeignContainer(name.clone());
+    docker_ok(&[
+        "create",
+        "--name",
+        &name,
+        "--network",
+        "none",
+        "--entrypoint",
+        "/bin/sleep",
+        &test_image(),
+        "300",
     ]);
+    let before = container_state(&name).unwrap();
+    let r = post(
+        addr,
+        "/mcp/groups",
+        &group(&g, vec![server(&a, free_port(), "legacy")]),
+    )
+    .await;
+    assert_eq!(r.status, 409, "{}", String::from_utf8_lossy(&r.body));
+    let j = r.json();
+    assert_eq!(j["code"], "conflict");
+    assert!(j["error"].as_str().unwrap().contains(&name), "{j}");
+    assert_eq!(
+        container_state(&name).unwrap(),
+        before,
+        "the foreign container was touched"
+    );
     drop(foreign);
+    agent.shutdown().await;
+}
+
+/// The same operations over the channel: progress events as they happen, then the terminal
+/// `result` (or `error`), every event in seq order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_status_diagnostics_and_remove_over_the_channel() {
+    let g = unique("grp");
+    let _guard = GroupGuard(g.clone());
+    let cp = Cp::start(Options::default()).await;
+    let agent_id = unique("agent");
+    let agent = InProc::start({
+        let mut c = config(Some(cp.url()));
+        c.agent_id = agent_id.clone();
+        c
+    })
+    .await;
+
+    within(10, "agent connect", cp.cp.wait_for_agent(&agent_id)).await;
+    let a = unique("a");
+    let body = group(&g, vec![server(&a, free_port(), "discover")]);
+
+    // An invalid group never becomes a stream: an unsequenced invalid_request naming the field.
+    let mut bad = body.clone();
+    bad["servers"][0]["portBindings"] = serde_json::json!({ "http": 1 });
+    let mut notices = cp.cp.notices();
+    let req: RequestBody =
+        serde_json::from_value(serde_json::json!({ "type": "mcp_deploy", "group": bad })).unwrap();
+    let _ = cp
+        .cp
+        .request_with_id(&agent_id, "bad-deploy".into(), None, req);
+    match within(10, "invalid_request", next_notice(&mut notices)).await {
+        AgentMessage::Error(e) => {
+            assert_eq!(e.code, ErrorCode::InvalidRequest);
+            assert_eq!(e.seq, None);
+            assert!(
+                e.message.contains("servers[0].portBindings"),
+                "{}",
+                e.message
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let req: RequestBody =
+        serde_json::from_value(serde_json::json!({ "type": "mcp_deploy", "group": body })).unwrap();
+    let c = within(
+        60,
+        "deploy",
+        collect(cp.cp.request(&agent_id, req).unwrap()),
+    )
+    .await;
+    let steps: Vec<String> = c
+        .events
+        .iter()
+        .filter_map(|m| match m {
+            AgentMessage::Progress(p) => Some(
+                serde_json::to_value(p.step)
+                    .unwrap()
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            ),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        ["validated", "created", "started", "ready"],
+        "{:?}",
+        c.events
+    );
+    match c.events.last() {
+        Some(AgentMessage::Result(r)) => {
+            assert_eq!(r.data["outcome"], "deployed");
+            assert_eq!(r.data["servers"][0]["action"], "created");
+            assert_eq!(r.data["servers"][0]["state"], "ready");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let req: RequestBody =
+        serde_json::from_value(serde_json::json!({ "type": "mcp_status", "group_id": g })).unwrap();
+    let c = within(
+        30,
+        "status",
+        collect(cp.cp.request(&agent_id, req).unwrap()),
+    )
+    .await;
+    match c.events.last() {
+        Some(AgentMessage::Result(r)) => {
+            assert_eq!(r.data["groups"][0]["group_id"], g.as_str());
+            assert_eq!(
+                r.data["groups"][0]["servers"][0]["instance_name"],
+                a.as_str()
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let req: RequestBody =
+        serde_json::from_value(serde_json::json!({ "type": "diagnostics", "scope": "docker" }))
+            .unwrap();
+    let c = within(
+        30,
+        "diagnostics",
+        collect(cp.cp.request(&agent_id, req).unwrap()),
+    )
+    .await;
+    match c.events.last() {
+        Some(AgentMessage::Result(r)) => {
+            assert_eq!(r.data["docker_info_success"], true);
+            assert!(r.data["containers"].as_str().unwrap().contains(&a));
+        }
+        other => panic!("{other:?}"),
+    }
+
+    for expected in ["result", "not_found"] {
+        let req: RequestBody =
+            serde_json::from_value(serde_json::json!({ "type": "mcp_remove", "group_id": g }))
+                .unwrap();
+        let c = within(
+            30,
+            "remove",
+            collect(cp.cp.request(&agent_id, req).unwrap()),
+        )
+        .await;
+        match (expected, c.events.last()) {
+            ("result", Some(AgentMessage::Result(r))) => {
+                assert_eq!(r.data["removed"][0], a.as_str())
+            }
+            ("not_found", Some(AgentMessage::Error(e))) => {
+                assert_eq!(e.code, ErrorCode::NotFound)
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(group_containers(&g).is_empty());
+    agent.shutdown().await;
+}
+
+/// What an agent (or daemon) that died mid-deploy left is finished by the next agent's start:
+/// an uncommitted new container is removed, a replaced one set aside gets its name back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_start_finishes_an_interrupted_deploy() {
+    let g = unique("grp");
+    let _guard = GroupGuard(g.clone());
+    let (a, b) = (unique("a"), unique("b"));
+    let config = config(None);
+    let agent_id = config.agent_id.clone();
+    let labels = |name: &str| {
+        vec![
+            "--label".to_owned(),
+            "ai.agentopia.dtma.managed=true".to_owned(),
+            "--label".to_owned(),
+            format!("ai.agentopia.dtma.group_id={g}"),
+            "--label".to_owned(),
+            format!("ai.agentopia.dtma.instance_name={name}"),
+            "--label".to_owned(),
+            format!("ai.agentopia.dtma.agent_id={agent_id}"),
+        ]
+    };
+    let image = test_image();
+    let create = |container: &str, instance: &str| {
+        let mut args = vec!["create".to_owned(), "--name".into(), container.into()];
+        args.extend(labels(instance));
+        args.extend(
+            [
+                "--network",
+                "none",
+                "--entrypoint",
+                "/bin/sleep",
+                &image,
+                "300",
+            ]
+            .map(String::from),
+        );
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        docker_ok(&refs);
+    };
+    // a: a new container that never committed. b: a replaced one, set aside, never put back.
+    create(&format!("dtma-mcp-{a}-dtma-new-0000feed"), &a);
+    create(&format!("dtma-mcp-{b}-dtma-old-0000feed"), &b);
+    let agent = InProc::start(config).await;
+    let addr = agent.running.as_ref().unwrap().http_addr;
+    // The start-up check runs in the background; status shows its end state once it is done.
+    let mut names = Vec::new();
+    for _ in 0..200 {
+        names = group_containers(&g);
+        if names == [format!("dtma-mcp-{b}")] {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(names, [format!("dtma-mcp-{b}")]);
+    assert!(
+        container_state(&format!("dtma-mcp-{b}")).unwrap().2,
+        "restored and started"
+    );
+    let r = call(addr, "GET", "/mcp/status").await;
+    assert!(String::from_utf8_lossy(&r.body).contains(&b));
     agent.shutdown().await;
 }

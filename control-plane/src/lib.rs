@@ -590,6 +590,8 @@ impl ControlPlane {
         let (id, seq, terminal) = match &msg {
             AgentMessage::Started(m) => (m.id.clone(), m.seq, false),
             AgentMessage::Output(m) => (m.id.clone(), m.seq, false),
+            AgentMessage::Progress(m) => (m.id.clone(), m.seq, false),
+            AgentMessage::McpEvent(m) => (m.id.clone(), m.seq, false),
             AgentMessage::Exit(m) => (m.id.clone(), m.seq, true),
             AgentMessage::Result(m) => (m.id.clone(), m.seq, true),
             AgentMessage::Error(m) => match (&m.id, m.seq) {

@@ -9,7 +9,16 @@
 //! * [`AgentMessage`]: agent -> backend.
 //! * [`BackendMessage`]: backend -> agent, decoded with [`decode_backend`] so that every bad
 //!   frame becomes a typed [`DecodeError`] that still carries the request id when one was readable.
+//!
+//! # Layout
+//! * this file: the envelope (handshake, stream events, control messages, `exec`/`cancel`/`ping`),
+//!   the decoder, the schema generator and [`fast`] (the `output` hot path);
+//! * [`mcp`]: the MCP, logs, diagnostics and events requests, their events and result payloads,
+//!   re-exported here.
 #![forbid(unsafe_code)]
+
+pub mod mcp;
+pub use mcp::*;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -89,6 +98,8 @@ pub enum AgentMessage {
     Started(Started),
     Output(Output),
     Exit(Exit),
+    Progress(Progress),
+    McpEvent(McpEvent),
     Result(ResultEvent),
     Error(ErrorEvent),
     State(StateEvent),
@@ -104,7 +115,9 @@ pub struct Hello {
     /// the streams of earlier boots: requests that never got an event may be sent again.
     pub boot_id: String,
     pub protocol_version: u32,
-    /// Request types and features this agent serves (e.g. `exec`, `credit`, `resume`).
+    /// Request types and features this agent serves (e.g. `exec`, `credit`, `resume`; `mcp`,
+    /// `logs`, `diagnostics`, `events` once it serves those requests). A backend checks before
+    /// sending: an unserved request type ends with `not_implemented`.
     pub capabilities: Vec<String>,
     /// Streams the agent still holds from before this connection.
     pub streams: Vec<StreamResume>,
@@ -204,6 +217,11 @@ pub struct ErrorEvent {
     pub seq: Option<u64>,
     pub code: ErrorCode,
     pub message: String,
+    /// Structured detail for some codes (`deploy_failed`: a [`DeployFailure`]); omitted (never
+    /// `null`) otherwise. Always a JSON object when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "serde_json::Map<String, serde_json::Value>")]
+    pub details: Option<serde_json::Value>,
 }
 
 /// The answer to a request whose id the agent has already seen: the request is not run again.
@@ -292,6 +310,15 @@ pub enum ErrorCode {
     ProtocolError,
     /// A bug or an unexpected local failure; `message` says what.
     Internal,
+    /// The Docker daemon is unreachable; retry later.
+    DockerUnavailable,
+    /// The group or instance named by the request is not managed by this agent.
+    NotFound,
+    /// A container with the wanted name exists and is not this agent's, or the instance name
+    /// belongs to another group; `message` names it.
+    Conflict,
+    /// A deploy failed; `details` is a [`DeployFailure`] saying what became of each server.
+    DeployFailed,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -396,18 +423,22 @@ pub enum RequestBody {
     Cancel(Cancel),
     /// Liveness check through the request path; answers `result` with `{"pong": true}`.
     Ping(Ping),
-    /// Deploy a group of MCP server containers (Docker work: not implemented yet).
-    McpDeploy(McpPlaceholder),
-    /// Remove a group of MCP server containers (not implemented yet).
-    McpRemove(McpPlaceholder),
-    /// Status of all MCP groups and servers (not implemented yet).
-    McpStatus(McpPlaceholder),
-    /// Restart one MCP server (not implemented yet).
-    McpRestart(McpPlaceholder),
-    /// Follow a container's logs as a stream (not implemented yet).
-    LogsFollow(McpPlaceholder),
-    /// System or Docker diagnostics (not implemented yet).
-    Diagnostics(McpPlaceholder),
+    /// Deploy a group of MCP server containers; streams `progress`*, then `result` with
+    /// [`DeployResult`] or `error` (`deploy_failed` with a [`DeployFailure`]).
+    McpDeploy(McpDeploy),
+    /// Remove a group; streams `progress`*, then `result` with [`RemoveResult`].
+    McpRemove(McpRemove),
+    /// State of one or all groups; answers `result` with [`StatusResult`].
+    McpStatus(McpStatus),
+    /// Restart one server; streams `progress`*, then `result` with [`RestartResult`].
+    McpRestart(McpRestart),
+    /// Follow a server's logs; streams `progress`, `output`*, then `result` with [`LogsEnd`].
+    LogsFollow(LogsFollow),
+    /// A diagnostics report; answers `result` with the matching HTTP route's JSON object.
+    Diagnostics(Diagnostics),
+    /// Docker events of managed containers; streams `mcp_event`* until cancelled (`result`
+    /// with [`EventsEnd`]) or the agent stops.
+    McpEvents(McpEvents),
 }
 
 impl RequestBody {
@@ -423,6 +454,25 @@ impl RequestBody {
             RequestBody::McpRestart(_) => "mcp_restart",
             RequestBody::LogsFollow(_) => "logs_follow",
             RequestBody::Diagnostics(_) => "diagnostics",
+            RequestBody::McpEvents(_) => "mcp_events",
+        }
+    }
+
+    /// The checks on plain fields that serde cannot express (lengths, patterns, ranges);
+    /// [`decode_backend`] runs them. `exec`'s checks live in the agent (some depend on its
+    /// configuration).
+    pub fn validate(&self) -> Result<(), FieldError> {
+        match self {
+            RequestBody::Exec(_)
+            | RequestBody::Cancel(_)
+            | RequestBody::Ping(_)
+            | RequestBody::McpEvents(_) => Ok(()),
+            RequestBody::McpDeploy(d) => d.group.validate().map_err(|e| e.within("group")),
+            RequestBody::McpRemove(r) => r.validate(),
+            RequestBody::McpStatus(s) => s.validate(),
+            RequestBody::McpRestart(r) => r.validate(),
+            RequestBody::LogsFollow(l) => l.validate(),
+            RequestBody::Diagnostics(d) => d.validate(),
         }
     }
 }
@@ -524,14 +574,6 @@ pub struct CancelResult {
 #[serde(deny_unknown_fields)]
 pub struct Ping {}
 
-/// Body of the request types whose work lands with the Docker issue; any fields are accepted
-/// and kept so that the later typed versions stay wire compatible.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-pub struct McpPlaceholder {
-    #[serde(flatten)]
-    pub fields: BTreeMap<String, serde_json::Value>,
-}
-
 // ---------------------------------------------------------------------------------------------
 // Decoding backend frames
 // ---------------------------------------------------------------------------------------------
@@ -576,6 +618,7 @@ impl DecodeError {
             seq: None,
             code: self.code(),
             message: self.to_string(),
+            details: None,
         }
     }
 }
@@ -598,7 +641,7 @@ impl std::fmt::Display for DecodeError {
 impl std::error::Error for DecodeError {}
 
 const CONTROL_TYPES: [&str; 4] = ["welcome", "ack", "credit", "reconnect"];
-const REQUEST_TYPES: [&str; 9] = [
+const REQUEST_TYPES: [&str; 10] = [
     "exec",
     "cancel",
     "ping",
@@ -608,10 +651,12 @@ const REQUEST_TYPES: [&str; 9] = [
     "mcp_restart",
     "logs_follow",
     "diagnostics",
+    "mcp_events",
 ];
 
 /// Decode one backend text frame. The id is read first so that every later failure can name it,
-/// and field errors name the field (`timeout_ms: invalid value ...`).
+/// and field errors name the field (`timeout_ms: invalid value ...`). Request bodies then pass
+/// [`RequestBody::validate`].
 pub fn decode_backend(text: &str) -> Result<BackendMessage, DecodeError> {
     let value: serde_json::Value =
         serde_json::from_str(text).map_err(|e| DecodeError::MalformedJson {
@@ -671,9 +716,11 @@ pub fn decode_backend(text: &str) -> Result<BackendMessage, DecodeError> {
         "mcp_status" => typed(v).map(RequestBody::McpStatus),
         "mcp_restart" => typed(v).map(RequestBody::McpRestart),
         "logs_follow" => typed(v).map(RequestBody::LogsFollow),
-        _ => typed(v).map(RequestBody::Diagnostics),
+        "diagnostics" => typed(v).map(RequestBody::Diagnostics),
+        _ => typed(v).map(RequestBody::McpEvents),
     }
-    .map_err(invalid)?;
+    .map_err(&invalid)?;
+    body.validate().map_err(|e| invalid(e.to_string()))?;
     Ok(BackendMessage::Request(Request {
         id: request_id,
         expires_at,
@@ -682,7 +729,7 @@ pub fn decode_backend(text: &str) -> Result<BackendMessage, DecodeError> {
 }
 
 /// Deserialise one message body, naming the offending field on error.
-fn typed<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, String> {
+pub(crate) fn typed<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, String> {
     serde_path_to_error::deserialize(v).map_err(|e| {
         let path = e.path().to_string();
         if path == "." {
@@ -747,7 +794,7 @@ pub mod schema {
     const ENV_NAME_PATTERN: &str = "^[A-Za-z0-9_]+$";
 
     /// Matches a string that contains a NUL character (used under `not`).
-    const NUL_PATTERN: &str = "\\u0000";
+    pub(crate) const NUL_PATTERN: &str = "\\u0000";
 
     /// `(file name, pretty JSON)` for each committed schema file.
     pub fn generate() -> Vec<(&'static str, String)> {
@@ -778,7 +825,48 @@ pub mod schema {
                         .into_root_schema_for::<super::BackendMessage>(),
                 ),
             ),
+            (
+                "results.schema.json",
+                pretty(
+                    settings()
+                        .for_serialize()
+                        .into_generator()
+                        .into_root_schema_for::<ResultPayloads>(),
+                ),
+            ),
         ]
+    }
+
+    /// The typed payloads of `result.data` and `error.details`: the root of
+    /// `results.schema.json`, so that code generators emit every one of them.
+    struct ResultPayloads;
+
+    impl JsonSchema for ResultPayloads {
+        fn schema_name() -> Cow<'static, str> {
+            "ResultPayloads".into()
+        }
+
+        fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+            use super::mcp::*;
+            let payloads = [
+                generator.subschema_for::<super::CancelResult>(),
+                generator.subschema_for::<DeployResult>(),
+                generator.subschema_for::<DeployFailure>(),
+                generator.subschema_for::<RemoveResult>(),
+                generator.subschema_for::<StatusResult>(),
+                generator.subschema_for::<RestartResult>(),
+                generator.subschema_for::<LogsEnd>(),
+                generator.subschema_for::<EventsEnd>(),
+            ];
+            json_schema!({
+                "description": "The typed payloads the agent writes: `result.data` of `cancel` \
+                    (CancelResult), `mcp_deploy` (DeployResult), `mcp_remove` (RemoveResult), \
+                    `mcp_status` (StatusResult), `mcp_restart` (RestartResult), `logs_follow` \
+                    (LogsEnd), `mcp_events` (EventsEnd); `error.details` of `deploy_failed` \
+                    (DeployFailure). See protocol/README.md.",
+                "anyOf": payloads,
+            })
+        }
     }
 
     /// The body of a regex character class holding `ranges`, as `\uXXXX` escapes (read alike by
@@ -835,6 +923,11 @@ pub mod schema {
                 "format": "date-time",
             })
         }
+    }
+
+    /// A `pattern` for strings without control characters (the request-id rule, in characters).
+    pub(crate) fn without_controls() -> String {
+        format!("^[^{}]*$", class(&ID_FORBIDDEN))
     }
 
     /// `exec.command`: at least one character that is not white space, and no NUL.

@@ -8,8 +8,12 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use dtma_protocol::{
-    AgentMessage, BackendMessage, Control, ErrorCode, RequestBody, decode_backend, schema,
+    AgentMessage, BackendMessage, CancelResult, Control, DeployFailure, DeployResult, ErrorCode,
+    EventsEnd, LogsEnd, RemoveResult, RequestBody, RestartResult, StatusResult, decode_backend,
+    schema,
 };
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 /// Every `type` an agent message can have. The match is exhaustive on purpose: a new variant does
 /// not compile until it is named here, and then the example and README checks demand it.
@@ -19,14 +23,25 @@ fn agent_type(m: &AgentMessage) -> &'static str {
         AgentMessage::Started(_) => "started",
         AgentMessage::Output(_) => "output",
         AgentMessage::Exit(_) => "exit",
+        AgentMessage::Progress(_) => "progress",
+        AgentMessage::McpEvent(_) => "mcp_event",
         AgentMessage::Result(_) => "result",
         AgentMessage::Error(_) => "error",
         AgentMessage::State(_) => "state",
         AgentMessage::Status(_) => "status",
     }
 }
-const AGENT_TYPES: [&str; 8] = [
-    "hello", "started", "output", "exit", "result", "error", "state", "status",
+const AGENT_TYPES: [&str; 10] = [
+    "hello",
+    "started",
+    "output",
+    "exit",
+    "progress",
+    "mcp_event",
+    "result",
+    "error",
+    "state",
+    "status",
 ];
 
 /// Every `type` a backend message can have (control messages and requests).
@@ -48,10 +63,11 @@ fn backend_type(m: &BackendMessage) -> &'static str {
             RequestBody::McpRestart(_) => "mcp_restart",
             RequestBody::LogsFollow(_) => "logs_follow",
             RequestBody::Diagnostics(_) => "diagnostics",
+            RequestBody::McpEvents(_) => "mcp_events",
         },
     }
 }
-const BACKEND_TYPES: [&str; 13] = [
+const BACKEND_TYPES: [&str; 14] = [
     "welcome",
     "ack",
     "credit",
@@ -65,11 +81,12 @@ const BACKEND_TYPES: [&str; 13] = [
     "mcp_restart",
     "logs_follow",
     "diagnostics",
+    "mcp_events",
 ];
 
 /// Every error code. `type_lists_match_the_types` checks it against the schema, so a new code
 /// fails the tests until it is listed here (and then documented in the README).
-const ERROR_CODES: [ErrorCode; 13] = [
+const ERROR_CODES: [ErrorCode; 17] = [
     ErrorCode::MalformedJson,
     ErrorCode::FrameTooLarge,
     ErrorCode::UnsupportedFrame,
@@ -83,6 +100,10 @@ const ERROR_CODES: [ErrorCode; 13] = [
     ErrorCode::ShuttingDown,
     ErrorCode::ProtocolError,
     ErrorCode::Internal,
+    ErrorCode::DockerUnavailable,
+    ErrorCode::NotFound,
+    ErrorCode::Conflict,
+    ErrorCode::DeployFailed,
 ];
 
 fn wire_name(code: ErrorCode) -> String {
@@ -324,4 +345,37 @@ fn readme_documents_every_message_and_code() {
             "protocol/README.md: the error code table has no row for `{code}`"
         );
     }
+}
+
+/// `value` decodes as `T` and re-encodes to the same JSON (no field dropped or added).
+fn typed_round_trip<T: DeserializeOwned + Serialize>(name: &str, value: &serde_json::Value) {
+    let typed: T = serde_json::from_value(value.clone())
+        .unwrap_or_else(|e| panic!("{name}: not a {}: {e}", std::any::type_name::<T>()));
+    let again = serde_json::to_value(&typed).unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert_eq!(
+        &again, value,
+        "{name}: the typed payload re-serialises differently"
+    );
+}
+
+#[test]
+fn result_examples_carry_their_typed_payload() {
+    let mut seen = BTreeSet::new();
+    for (name, text) in examples() {
+        let v = parse_value(&name, &text);
+        let (data, details) = (&v["data"], &v["details"]);
+        match name.trim_end_matches(".json") {
+            "agent-result-cancel" => typed_round_trip::<CancelResult>(&name, data),
+            "agent-result-mcp_deploy" => typed_round_trip::<DeployResult>(&name, data),
+            "agent-result-mcp_remove" => typed_round_trip::<RemoveResult>(&name, data),
+            "agent-result-mcp_status" => typed_round_trip::<StatusResult>(&name, data),
+            "agent-result-mcp_restart" => typed_round_trip::<RestartResult>(&name, data),
+            "agent-result-logs_follow" => typed_round_trip::<LogsEnd>(&name, data),
+            "agent-result-mcp_events" => typed_round_trip::<EventsEnd>(&name, data),
+            "agent-error-deploy_failed" => typed_round_trip::<DeployFailure>(&name, details),
+            _ => continue,
+        }
+        seen.insert(name);
+    }
+    assert_eq!(seen.len(), 8, "one example per typed payload: {seen:?}");
 }

@@ -37,6 +37,7 @@ pub async fn dispatch(channel: &Arc<Channel>, req: Request) -> Option<AgentMessa
             seq: None,
             code,
             message,
+            details: None,
         }))
     };
     if let Err(e) = admit(agent) {
@@ -159,7 +160,10 @@ pub async fn dispatch(channel: &Arc<Channel>, req: Request) -> Option<AgentMessa
             s.mcp.status(q.group_id.as_deref()).await.map_err(mcp_error)
         }),
         (RequestBody::McpRestart(r), _) => spawn_request(channel, stream, |s, sink| async move {
-            s.mcp.restart(&r.instance_name, sink).await.map_err(mcp_error)
+            s.mcp
+                .restart(&r.instance_name, sink)
+                .await
+                .map_err(mcp_error)
         }),
         (RequestBody::Diagnostics(d), _) => spawn_request(channel, stream, |s, _| async move {
             use dtma_protocol::DiagnosticsScope;
@@ -259,10 +263,9 @@ impl ProgressSink for StreamHandle {
                 step: step.step,
                 server: step.server,
                 message: step.message,
-                bytes: step.bytes.map(|(current, total)| dtma_protocol::ProgressBytes {
-                    current,
-                    total,
-                }),
+                bytes: step
+                    .bytes
+                    .map(|(current, total)| dtma_protocol::ProgressBytes { current, total }),
             })
         });
     }

@@ -341,6 +341,7 @@ async fn send_error(
         seq: None,
         code,
         message,
+        details: None,
     });
     let _ = ctl.send(text(&e)).await;
 }

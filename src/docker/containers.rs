@@ -229,7 +229,9 @@ impl DockerClient {
             host_config: Some(host_config),
             ..ContainerCreateBody::default()
         };
-        let opts = CreateContainerOptionsBuilder::new().name(&spec.name).build();
+        let opts = CreateContainerOptionsBuilder::new()
+            .name(&spec.name)
+            .build();
         let created = docker
             .create_container(Some(opts), body)
             .await

@@ -14,7 +14,6 @@ use bollard::Docker;
 use bollard::query_parameters::ListContainersOptionsBuilder;
 use serde::Serialize;
 
-
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("the Docker daemon at {socket} is unreachable: {reason}")]

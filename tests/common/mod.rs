@@ -160,6 +160,8 @@ pub fn seq_of(m: &AgentMessage) -> Option<u64> {
         AgentMessage::Exit(x) => Some(x.seq),
         AgentMessage::Result(x) => Some(x.seq),
         AgentMessage::Error(x) => x.seq,
+        AgentMessage::Progress(x) => Some(x.seq),
+        AgentMessage::McpEvent(x) => Some(x.seq),
         _ => None,
     }
 }

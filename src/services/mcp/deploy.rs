@@ -20,7 +20,8 @@ use dtma_protocol::{
     DeployFailure, DeployOutcome, DeployResult, PortMapping, PortProtocol, ProgressStep,
     ServerAction, ServerOutcome, ServerState,
 };
-use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
 use tracing::{info, warn};
 
 use super::plan::{self, GroupSpec};
@@ -91,7 +92,12 @@ pub(super) async fn run(
                 let Action::Unchanged(c) = a else {
                     unreachable!("all actions are Unchanged here")
                 };
-                outcome(s, ServerAction::Unchanged, Some(c.id.clone()), port_mappings(c))
+                outcome(
+                    s,
+                    ServerAction::Unchanged,
+                    Some(c.id.clone()),
+                    port_mappings(c),
+                )
             })
             .collect();
         info!(group_id = %group.group_id, "MCP group unchanged.");
@@ -109,8 +115,13 @@ pub(super) async fn run(
             images.push(&s.image);
         }
     }
-    let pulls = futures_util::stream::iter(images)
-        .map(|image| pull_if_missing(docker, image, sink.as_ref()))
+    // Boxed with an explicit `Send`: closures over borrowed data in stream combinators
+    // otherwise defeat the compiler's Send inference (rust-lang/rust#102211).
+    let pulls: Vec<BoxFuture<'_, Result<(), String>>> = images
+        .into_iter()
+        .map(|image| pull_if_missing(docker, image, sink.as_ref()).boxed())
+        .collect();
+    let pulls = futures_util::stream::iter(pulls)
         .buffer_unordered(group.max_concurrent)
         .collect::<Vec<_>>()
         .await;
@@ -120,9 +131,12 @@ pub(super) async fn run(
             .iter()
             .zip(&actions)
             .map(|(s, a)| match a {
-                Action::Unchanged(c) => {
-                    outcome(s, ServerAction::Unchanged, Some(c.id.clone()), port_mappings(c))
-                }
+                Action::Unchanged(c) => outcome(
+                    s,
+                    ServerAction::Unchanged,
+                    Some(c.id.clone()),
+                    port_mappings(c),
+                ),
                 _ => outcome(s, ServerAction::NotStarted, None, Vec::new()),
             })
             .collect();
@@ -133,30 +147,27 @@ pub(super) async fn run(
     let deploy_id = format!("{:012x}", fastrand::u64(..) & 0xffff_ffff_ffff);
     let network = agent.config().mcp_network.clone();
     let agent_id = agent.config().agent_id.clone();
-    let applied = futures_util::stream::iter(group.servers.iter().zip(actions.iter()).enumerate())
+    let work: Vec<BoxFuture<'_, Applied>> = group
+        .servers
+        .iter()
+        .zip(actions.iter())
+        .enumerate()
         .filter_map(|(index, (s, a))| {
             let old = match a {
-                Action::Unchanged(_) => return futures_util::future::ready(None),
+                Action::Unchanged(_) => return None,
                 Action::Create => None,
                 Action::Replace(c) => Some(c.clone()),
             };
-            futures_util::future::ready(Some((index, s, old)))
+            let ctx = ApplyCtx {
+                group_id: &group.group_id,
+                agent_id: &agent_id,
+                deploy_id: &deploy_id,
+                network: network.as_deref(),
+            };
+            Some(apply(agent, ctx, index, s, old, sink.as_ref()).boxed())
         })
-        .map(|(index, s, old)| {
-            apply(
-                agent,
-                ApplyCtx {
-                    group_id: &group.group_id,
-                    agent_id: &agent_id,
-                    deploy_id: &deploy_id,
-                    network: network.as_deref(),
-                },
-                index,
-                s,
-                old,
-                sink.as_ref(),
-            )
-        })
+        .collect();
+    let applied = futures_util::stream::iter(work)
         .buffer_unordered(group.max_concurrent)
         .collect::<Vec<_>>()
         .await;
@@ -173,9 +184,12 @@ pub(super) async fn run(
             .iter()
             .zip(&actions)
             .map(|(s, a)| match a {
-                Action::Unchanged(c) => {
-                    outcome(s, ServerAction::Unchanged, Some(c.id.clone()), port_mappings(c))
-                }
+                Action::Unchanged(c) => outcome(
+                    s,
+                    ServerAction::Unchanged,
+                    Some(c.id.clone()),
+                    port_mappings(c),
+                ),
                 _ => outcome(s, ServerAction::NotStarted, None, Vec::new()),
             })
             .collect();
@@ -208,7 +222,10 @@ pub(super) async fn run(
             ));
             continue;
         }
-        let Some(done) = applied.iter().find(|x| group.servers[x.index].instance_name == s.instance_name) else {
+        let Some(done) = applied
+            .iter()
+            .find(|x| group.servers[x.index].instance_name == s.instance_name)
+        else {
             continue;
         };
         let id = done.new_id.clone().unwrap_or_default();
@@ -280,7 +297,11 @@ async fn pull_if_missing(
     sink: &dyn ProgressSink,
 ) -> Result<(), String> {
     let reference = image.reference();
-    if docker.has_image(&reference).await.map_err(|e| e.to_string())? {
+    if docker
+        .has_image(&reference)
+        .await
+        .map_err(|e| e.to_string())?
+    {
         return Ok(());
     }
     sink.progress(Step::new(ProgressStep::Pulling, None).with_message(reference.clone()));
@@ -369,7 +390,9 @@ async fn apply(
         .collect();
     let probe = ProbeTarget::of(s, &ports);
     if let Err(why) = wait_until_ready(docker, &id, probe, s.readiness_timeout).await {
-        sink.progress(Step::new(ProgressStep::Failed, Some(&s.instance_name)).with_message(why.clone()));
+        sink.progress(
+            Step::new(ProgressStep::Failed, Some(&s.instance_name)).with_message(why.clone()),
+        );
         applied.result = Err(why);
         return applied;
     }
@@ -420,7 +443,11 @@ fn host_ports(
         .map(|p| {
             if host_network {
                 // The server binds the host's port itself.
-                return (p.clone(), p.host_ip, p.host_port.unwrap_or(p.container_port));
+                return (
+                    p.clone(),
+                    p.host_ip,
+                    p.host_port.unwrap_or(p.container_port),
+                );
             }
             let key = port_key(p);
             let port = p
@@ -460,7 +487,8 @@ fn create_spec(
     ctx: &ApplyCtx<'_>,
     ports: &[(spec::PortSpec, IpAddr, u16)],
 ) -> CreateSpec {
-    let host_ports: Vec<(String, u16)> = ports.iter().map(|(p, _, hp)| (port_key(p), *hp)).collect();
+    let host_ports: Vec<(String, u16)> =
+        ports.iter().map(|(p, _, hp)| (port_key(p), *hp)).collect();
     let labels = spec::labels(s, ctx.group_id, ctx.agent_id, ctx.deploy_id, &host_ports);
     CreateSpec {
         name: plan::new_name(&s.container_name, ctx.deploy_id),
@@ -577,8 +605,7 @@ pub(super) async fn wait_ready(
                     ip
                 };
                 SocketAddr::new(ip, p.host_port)
-            })
-
+            }),
     };
     let name = c.labels.get(spec::LABEL_INSTANCE_NAME).cloned();
     let r = wait_until_ready(

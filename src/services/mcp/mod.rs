@@ -139,6 +139,39 @@ impl McpService {
         deploy::run(&self.agent, spec, sink).await
     }
 
+    /// Finish what deploys interrupted by an agent or daemon restart left behind (see
+    /// `plan.rs`): containers under a `-dtma-new-` name were never committed and are removed;
+    /// a `-dtma-old-` container gets its final name back and is started, unless a committed
+    /// container already holds that name (then the deploy had committed and it is removed).
+    /// Returns how many containers it touched.
+    pub async fn reconcile(&self) -> Result<usize, McpError> {
+        let docker = self.agent.docker();
+        let mut touched = 0;
+        // Only this agent's: another agent on the same daemon may be mid-deploy.
+        let mine = format!("{}={}", spec::LABEL_AGENT_ID, self.agent.config().agent_id);
+        for c in docker.find(&[spec::managed_filter(), mine]).await? {
+            let Some((final_name, is_new)) = plan::leftover(&c.name) else {
+                continue;
+            };
+            let group = c
+                .labels
+                .get(spec::LABEL_GROUP_ID)
+                .cloned()
+                .unwrap_or_default();
+            let lock = self.lock_for(&group);
+            let _held = lock.lock().await;
+            if is_new || docker.inspect(final_name).await?.is_some() {
+                docker.remove(&c.id).await?;
+            } else {
+                docker.rename(&c.id, final_name).await?;
+                docker.start(&c.id).await?;
+            }
+            tracing::warn!(container = %c.name, group_id = %group, "Cleaned up after an interrupted MCP deploy.");
+            touched += 1;
+        }
+        Ok(touched)
+    }
+
     /// Stop and remove every container of `group_id`. Unknown group: `NotFound`.
     pub async fn remove(
         &self,
@@ -332,7 +365,7 @@ pub(crate) fn port_mappings(c: &Inspected) -> Vec<PortMapping> {
 
 /// The server's state as far as Docker tells it (readiness is probed at deploy and restart).
 fn observed_state(c: &Inspected) -> ServerState {
-    if c.running && c.restarting || c.restarting {
+    if c.restarting {
         return ServerState::CrashLooping;
     }
     if c.running {

@@ -33,7 +33,6 @@ impl GroupSpec {
         })?;
         let mut servers = Vec::with_capacity(g.servers.len());
         for (i, s) in g.servers.iter().enumerate() {
-            let at = |f: &str| format!("servers[{i}].{f}");
             let transport = s.mcp_transport_type.map(|t| match t {
                 McpTransport::Http => "http",
                 McpTransport::Sse => "sse",
@@ -54,11 +53,18 @@ impl GroupSpec {
                     readiness_timeout_ms: s.readiness_timeout_ms.map(u64::from),
                 },
             )?;
-            let at = |f: &str| format!("servers[{i}].{f}");
-            let probed = matches!(server.transport, spec::Transport::Http | spec::Transport::Sse);
-            if probed && !server.ports.iter().any(|p| p.protocol == spec::Protocol::Tcp) {
+            let probed = matches!(
+                server.transport,
+                spec::Transport::Http | spec::Transport::Sse
+            );
+            if probed
+                && !server
+                    .ports
+                    .iter()
+                    .any(|p| p.protocol == spec::Protocol::Tcp)
+            {
                 return Err(SpecError {
-                    field: at("portBindings"),
+                    field: format!("servers[{i}].portBindings"),
                     message: "an http or sse server needs a TCP port: the agent checks its MCP \
                               endpoint through it"
                         .into(),
