@@ -65,6 +65,10 @@ impl Local {
         )
         .await
     }
+    /// Shut the agent down (its audit log is flushed by then).
+    async fn stop(self) {
+        self._agent.shutdown().await;
+    }
     async fn exec(&self, body: serde_json::Value) -> Response {
         self.post("/ssh/execute", Some(TOKEN), &body.to_string())
             .await
@@ -456,7 +460,9 @@ async fn docker_routes_answer_503_when_the_daemon_is_unreachable() {
         (
             "POST",
             "/mcp/groups",
-            Some(r#"{"groupId":"agent-1-mcp","servers":[]}"#),
+            Some(
+                r#"{"groupId":"agent-1-mcp","servers":[{"accountToolInstanceId":"t1","dockerImageUrl":"ghcr.io/org/x:1","instanceNameOnToolbox":"reasoning-server","portBindings":{"8080":8080}}]}"#,
+            ),
         ),
         ("DELETE", "/mcp/groups/agent-1-mcp", None),
         ("POST", "/mcp/servers/reasoning-server/restart", None),
@@ -545,6 +551,8 @@ async fn every_decision_is_audited_without_secrets() {
     l.exec(serde_json::json!({"command": "echo audited"})).await;
     l.post("/ssh/execute", Some(OPS), r#"{"command":"reboot"}"#)
         .await;
+    // Records are written by the audit thread; shutdown flushes it.
+    l.stop().await;
     let text = std::fs::read_to_string(&path).unwrap();
     let lines: Vec<serde_json::Value> = text
         .lines()
@@ -563,7 +571,6 @@ async fn every_decision_is_audited_without_secrets() {
     for secret in [TOKEN, API_KEY, OPS, DIAG] {
         assert!(!text.contains(secret));
     }
-    drop(l);
 }
 
 #[tokio::test]
