@@ -99,27 +99,39 @@ impl ProgressSink for NoProgress {
     fn progress(&self, _step: Step) {}
 }
 
-pub struct McpService {
-    agent: Arc<Agent>,
-    /// One lock per group id: requests on a group run one at a time.
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-}
+/// One lock per group id: requests on a group run one at a time.
+#[derive(Default)]
+struct GroupLocks(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
 
-impl McpService {
-    pub fn new(agent: Arc<Agent>) -> McpService {
-        McpService {
-            agent,
-            locks: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn lock_for(&self, group_id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.locks
+impl GroupLocks {
+    fn get(&self, group_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(group_id.to_owned())
             .or_default()
             .clone()
+    }
+}
+
+pub struct McpService {
+    agent: Arc<Agent>,
+    locks: Arc<GroupLocks>,
+}
+
+/// Between two attempts to clean up after a deploy that Docker interrupted.
+const CLEANUP_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl McpService {
+    pub fn new(agent: Arc<Agent>) -> McpService {
+        McpService {
+            agent,
+            locks: Arc::default(),
+        }
+    }
+
+    fn lock_for(&self, group_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks.get(group_id)
     }
 
     /// Check and normalise a deploy body. Nothing is touched; a bad body names the field.
@@ -135,8 +147,35 @@ impl McpService {
     ) -> Result<dtma_protocol::DeployResult, McpError> {
         admit(&self.agent)?;
         let lock = self.lock_for(&spec.group_id);
-        let _held = lock.lock().await;
-        deploy::run(&self.agent, spec, sink).await
+        let held = lock.lock().await;
+        let result = deploy::run(&self.agent, spec, sink).await;
+        drop(held);
+        if result.is_err() {
+            self.clean_up_when_docker_answers();
+        }
+        result
+    }
+
+    /// A deploy that failed may have been cut short by the daemon (its rollback then could not
+    /// run): retry the clean-up in the background until Docker answers (or shutdown).
+    fn clean_up_when_docker_answers(&self) {
+        let agent = self.agent.clone();
+        let locks = self.locks.clone();
+        let stop = agent.work_token();
+        self.agent.spawn(async move {
+            loop {
+                if !matches!(
+                    reconcile(&agent, &locks).await,
+                    Err(McpError::DockerUnavailable(_))
+                ) {
+                    return;
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(CLEANUP_RETRY) => {}
+                }
+            }
+        });
     }
 
     /// Finish what deploys interrupted by an agent or daemon restart left behind (see
@@ -145,31 +184,7 @@ impl McpService {
     /// container already holds that name (then the deploy had committed and it is removed).
     /// Returns how many containers it touched.
     pub async fn reconcile(&self) -> Result<usize, McpError> {
-        let docker = self.agent.docker();
-        let mut touched = 0;
-        // Only this agent's: another agent on the same daemon may be mid-deploy.
-        let mine = format!("{}={}", spec::LABEL_AGENT_ID, self.agent.config().agent_id);
-        for c in docker.find(&[spec::managed_filter(), mine]).await? {
-            let Some((final_name, is_new)) = plan::leftover(&c.name) else {
-                continue;
-            };
-            let group = c
-                .labels
-                .get(spec::LABEL_GROUP_ID)
-                .cloned()
-                .unwrap_or_default();
-            let lock = self.lock_for(&group);
-            let _held = lock.lock().await;
-            if is_new || docker.inspect(final_name).await?.is_some() {
-                docker.remove(&c.id).await?;
-            } else {
-                docker.rename(&c.id, final_name).await?;
-                docker.start(&c.id).await?;
-            }
-            tracing::warn!(container = %c.name, group_id = %group, "Cleaned up after an interrupted MCP deploy.");
-            touched += 1;
-        }
-        Ok(touched)
+        reconcile(&self.agent, &self.locks).await
     }
 
     /// Stop and remove every container of `group_id`. Unknown group: `NotFound`.
@@ -302,6 +317,38 @@ impl McpService {
             },
         })
     }
+}
+
+async fn reconcile(agent: &Agent, locks: &GroupLocks) -> Result<usize, McpError> {
+    let docker = agent.docker();
+    let mut touched = 0;
+    // Only this agent's: another agent on the same daemon may be mid-deploy.
+    let mine = format!("{}={}", spec::LABEL_AGENT_ID, agent.config().agent_id);
+    for c in docker.find(&[spec::managed_filter(), mine]).await? {
+        let Some((final_name, is_new)) = plan::leftover(&c.name) else {
+            continue;
+        };
+        let group = c
+            .labels
+            .get(spec::LABEL_GROUP_ID)
+            .cloned()
+            .unwrap_or_default();
+        let lock = locks.get(&group);
+        let _held = lock.lock().await;
+        // Read again under the lock: a deploy of this group may have finished in between.
+        if docker.inspect(&c.id).await?.is_none() {
+            continue;
+        }
+        if is_new || docker.inspect(final_name).await?.is_some() {
+            docker.remove(&c.id).await?;
+        } else {
+            docker.rename(&c.id, final_name).await?;
+            docker.start(&c.id).await?;
+        }
+        tracing::warn!(container = %c.name, group_id = %group, "Cleaned up after an interrupted MCP deploy.");
+        touched += 1;
+    }
+    Ok(touched)
 }
 
 fn instance_name(c: &Inspected) -> String {
