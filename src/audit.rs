@@ -26,7 +26,14 @@ pub struct Record<'a> {
     pub source: &'a str,
     pub caller: &'a str,
     pub role: &'a str,
-    pub command: &'a str,
+    /// What was asked: `exec`, `mcp_deploy`, `mcp_remove`, `mcp_restart`.
+    pub action: &'a str,
+    /// The command line (`exec` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<&'a str>,
+    /// What the action applies to: a group id or an instance name (MCP actions).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<&'a str>,
     /// `allowed`, `denied` or `finished`.
     pub decision: &'a str,
     pub rule: &'a str,
@@ -204,7 +211,9 @@ mod tests {
             source: "http",
             caller: "c",
             role: "admin",
-            command: cmd,
+            action: "exec",
+            command: Some(cmd),
+            target: None,
             decision: "allowed",
             rule: "allowed",
             request_id: None,

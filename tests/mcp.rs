@@ -132,7 +132,11 @@ fn group_containers(group_id: &str) -> Vec<String> {
 async fn deploy_redeploy_unchanged_status_and_remove_over_http() {
     let g = unique("grp");
     let _guard = GroupGuard(g.clone());
-    let agent = InProc::start(config(None)).await;
+    let audit_dir = tempfile::tempdir().unwrap();
+    let audit = audit_dir.path().join("audit.jsonl");
+    let mut c = config(None);
+    c.audit.path = Some(audit.clone());
+    let agent = InProc::start(c).await;
     let addr = agent.running.as_ref().unwrap().http_addr;
     let (a, b) = (unique("a"), unique("b"));
     let body = group(
@@ -235,6 +239,39 @@ async fn deploy_redeploy_unchanged_status_and_remove_over_http() {
     assert_eq!(r.status, 404);
     assert_eq!(r.json()["code"], "not_found");
     agent.shutdown().await;
+
+    // Every change is audited, by action and target, without the environment's values.
+    let text = std::fs::read_to_string(&audit).unwrap();
+    assert!(!text.contains(SECRET), "{text}");
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let seen: Vec<(String, String, String)> = records
+        .iter()
+        .map(|r| {
+            (
+                r["action"].as_str().unwrap_or("").to_owned(),
+                r["decision"].as_str().unwrap_or("").to_owned(),
+                r["rule"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    for expected in [
+        ("mcp_deploy", "allowed", "allowed"),
+        ("mcp_deploy", "finished", "ok"),
+        ("mcp_restart", "finished", "ok"),
+        ("mcp_remove", "finished", "ok"),
+        ("mcp_remove", "finished", "not_found"),
+    ] {
+        let e = (
+            expected.0.to_owned(),
+            expected.1.to_owned(),
+            expected.2.to_owned(),
+        );
+        assert!(seen.contains(&e), "{expected:?} missing from {text}");
+    }
+    assert!(records.iter().all(|r| r["target"].is_string()), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

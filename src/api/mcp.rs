@@ -8,10 +8,19 @@ use warp::http::StatusCode;
 use warp::{Rejection, Reply};
 
 use super::error::ApiError;
-use super::{require_operator, success_merged};
+use super::success_merged;
 use crate::auth::Caller;
-use crate::services::Services;
-use crate::services::mcp::{McpError, NoProgress};
+use crate::services::commands::Source;
+use crate::services::mcp::{McpError, McpService, NoProgress};
+use crate::services::{Origin, Services};
+
+fn origin(caller: Caller) -> Origin {
+    Origin {
+        source: Source::Http,
+        caller,
+        request_id: None,
+    }
+}
 
 /// The MCP service's failures as the local API's statuses.
 impl From<McpError> for ApiError {
@@ -22,6 +31,7 @@ impl From<McpError> for ApiError {
             McpError::DockerUnavailable(m) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "docker_unavailable", m)
             }
+            McpError::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", m),
             McpError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "not_found", m),
             McpError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
             McpError::DeployFailed { message, details } => {
@@ -47,12 +57,12 @@ pub async fn deploy(
     caller: Caller,
     body: serde_json::Value,
 ) -> Result<warp::reply::Response, Rejection> {
-    require_operator(&caller)?;
+    McpService::may_change(&caller, "mcp_deploy").map_err(ApiError::from)?;
     let group: McpGroup = super::body::decode_value(body)?;
     let spec = s.mcp.validate(&group).map_err(ApiError::from)?;
     let result = s
         .mcp
-        .deploy(spec, Arc::new(NoProgress))
+        .deploy(&origin(caller), spec, Arc::new(NoProgress))
         .await
         .map_err(ApiError::from)?;
     Ok(success_merged(to_json(&result)?))
@@ -64,10 +74,9 @@ pub async fn remove(
     s: Arc<Services>,
     caller: Caller,
 ) -> Result<warp::reply::Response, Rejection> {
-    require_operator(&caller)?;
     let result = s
         .mcp
-        .remove(&group, Arc::new(NoProgress))
+        .remove(&origin(caller), &group, Arc::new(NoProgress))
         .await
         .map_err(ApiError::from)?;
     Ok(success_merged(to_json(&result)?))
@@ -79,10 +88,9 @@ pub async fn restart(
     s: Arc<Services>,
     caller: Caller,
 ) -> Result<warp::reply::Response, Rejection> {
-    require_operator(&caller)?;
     let result = s
         .mcp
-        .restart(&name, Arc::new(NoProgress))
+        .restart(&origin(caller), &name, Arc::new(NoProgress))
         .await
         .map_err(ApiError::from)?;
     Ok(success_merged(to_json(&result)?))

@@ -25,7 +25,6 @@ use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
 use crate::auth::Caller;
-use crate::policy::Role;
 use crate::services::Services;
 pub use commands::HTTP_MAX_OUTPUT;
 pub use error::ApiError;
@@ -176,21 +175,6 @@ async fn authenticate(
             Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string()).into())
         }
     }
-}
-
-pub(crate) fn require_operator(c: &Caller) -> Result<(), Rejection> {
-    if c.role == Role::Diagnostics {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!(
-                "token `{}` has the diagnostics role; this needs operator or admin",
-                c.name
-            ),
-        )
-        .into());
-    }
-    Ok(())
 }
 
 async fn logs(

@@ -19,7 +19,7 @@ use super::streams::{OpenError, StreamHandle};
 use crate::exec::{ExecSpec, OutputSink};
 use crate::services::commands::{CommandEnd, CommandRequest, CommandSink, Refused, Source};
 use crate::services::mcp::{GroupSpec, McpError, ProgressSink, Step};
-use crate::services::{Services, ShuttingDown, admit, diagnostics};
+use crate::services::{Origin, Services, ShuttingDown, admit, diagnostics};
 
 /// What a request needs beyond its decoded fields, checked before it becomes a stream.
 enum Prepared {
@@ -149,22 +149,32 @@ pub async fn dispatch(channel: &Arc<Channel>, req: Request) -> Option<AgentMessa
             finish_result(&stream, Ok(serde_json::json!({ "pong": true })))
         }
         (RequestBody::McpDeploy(_), Prepared::Deploy(spec)) => {
+            let origin = origin(&req.id);
             spawn_request(channel, stream, |s, sink| async move {
-                s.mcp.deploy(spec, sink).await.map_err(mcp_error)
+                s.mcp.deploy(&origin, spec, sink).await.map_err(mcp_error)
             })
         }
-        (RequestBody::McpRemove(r), _) => spawn_request(channel, stream, |s, sink| async move {
-            s.mcp.remove(&r.group_id, sink).await.map_err(mcp_error)
-        }),
+        (RequestBody::McpRemove(r), _) => {
+            let origin = origin(&req.id);
+            spawn_request(channel, stream, |s, sink| async move {
+                s.mcp
+                    .remove(&origin, &r.group_id, sink)
+                    .await
+                    .map_err(mcp_error)
+            })
+        }
         (RequestBody::McpStatus(q), _) => spawn_request(channel, stream, |s, _| async move {
             s.mcp.status(q.group_id.as_deref()).await.map_err(mcp_error)
         }),
-        (RequestBody::McpRestart(r), _) => spawn_request(channel, stream, |s, sink| async move {
-            s.mcp
-                .restart(&r.instance_name, sink)
-                .await
-                .map_err(mcp_error)
-        }),
+        (RequestBody::McpRestart(r), _) => {
+            let origin = origin(&req.id);
+            spawn_request(channel, stream, |s, sink| async move {
+                s.mcp
+                    .restart(&origin, &r.instance_name, sink)
+                    .await
+                    .map_err(mcp_error)
+            })
+        }
         (RequestBody::Diagnostics(d), _) => spawn_request(channel, stream, |s, _| async move {
             use dtma_protocol::DiagnosticsScope;
             let r = match d.scope {
@@ -186,6 +196,15 @@ pub async fn dispatch(channel: &Arc<Channel>, req: Request) -> Option<AgentMessa
     None
 }
 
+/// Every channel request comes from the backend, which the agent dialled itself.
+fn origin(request_id: &str) -> Origin {
+    Origin {
+        source: Source::Channel,
+        caller: crate::agent::backend_caller(),
+        request_id: Some(request_id.to_owned()),
+    }
+}
+
 /// A failure as the channel's terminal error: code, message, details.
 type WireError = (ErrorCode, String, Option<serde_json::Value>);
 
@@ -194,6 +213,7 @@ fn mcp_error(e: McpError) -> WireError {
         McpError::ShuttingDown(_) => ErrorCode::ShuttingDown,
         McpError::Invalid(_) => ErrorCode::InvalidRequest,
         McpError::DockerUnavailable(_) => ErrorCode::DockerUnavailable,
+        McpError::Forbidden(_) => ErrorCode::Denied,
         McpError::NotFound(_) => ErrorCode::NotFound,
         McpError::Conflict(_) => ErrorCode::Conflict,
         McpError::DeployFailed { .. } => ErrorCode::DeployFailed,

@@ -42,6 +42,15 @@ impl Services {
     }
 }
 
+/// Who asked, through which entry point: named in audit records.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub source: commands::Source,
+    pub caller: crate::auth::Caller,
+    /// The channel's request id (none over HTTP).
+    pub request_id: Option<String>,
+}
+
 /// The agent is shutting down: the one check every service makes before taking new work.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("the agent is shutting down and takes no new work")]

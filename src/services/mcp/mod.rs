@@ -17,10 +17,12 @@ use dtma_protocol::{
     RestartResult, ServerState, ServerStatus, StatusResult,
 };
 
-use super::{ShuttingDown, admit};
-use crate::agent::Agent;
+use super::{Origin, ShuttingDown, admit};
+use crate::agent::{Agent, role_name};
+use crate::audit::Record;
 use crate::docker::containers::Inspected;
 use crate::docker::spec::{self, SpecError};
+use crate::policy::Role;
 
 pub use plan::GroupSpec;
 
@@ -37,6 +39,9 @@ pub enum McpError {
     Invalid(#[from] SpecError),
     #[error("the Docker daemon is unavailable: {0}")]
     DockerUnavailable(String),
+    /// The caller's role may not change MCP servers.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -139,13 +144,76 @@ impl McpService {
         Ok(GroupSpec::from_wire(group)?)
     }
 
+    /// Changing servers needs the operator or admin role; the decision and the outcome are
+    /// audited (never with an environment value).
+    async fn authorize(&self, origin: &Origin, action: &str, target: &str) -> Result<(), McpError> {
+        admit(&self.agent)?;
+        let check = Self::may_change(&origin.caller, action);
+        let (decision, rule) = if check.is_ok() {
+            ("allowed", "allowed")
+        } else {
+            ("denied", "role_diagnostics")
+        };
+        self.audit(origin, action, target, decision, rule).await;
+        check
+    }
+
+    /// Whether `caller` may run `action` (deploy, remove, restart): operator or admin. The
+    /// local API asks before it even reads the body.
+    pub fn may_change(caller: &crate::auth::Caller, action: &str) -> Result<(), McpError> {
+        if caller.role == Role::Diagnostics {
+            return Err(McpError::Forbidden(format!(
+                "token `{}` has the diagnostics role; `{action}` needs operator or admin",
+                caller.name
+            )));
+        }
+        Ok(())
+    }
+
+    async fn audit(&self, origin: &Origin, action: &str, target: &str, decision: &str, rule: &str) {
+        self.agent
+            .audit(&Record {
+                time: crate::now_rfc3339(),
+                source: origin.source.name(),
+                caller: &origin.caller.name,
+                role: role_name(origin.caller.role),
+                action,
+                command: None,
+                target: Some(target),
+                decision,
+                rule,
+                request_id: origin.request_id.as_deref(),
+                exit_code: None,
+                signal: None,
+                duration_ms: None,
+            })
+            .await;
+    }
+
+    /// The audit record of how a change ended: `finished`, with the outcome as its rule.
+    async fn audit_end<T>(
+        &self,
+        origin: &Origin,
+        action: &str,
+        target: &str,
+        result: &Result<T, McpError>,
+    ) {
+        let how = match result {
+            Ok(_) => "ok",
+            Err(e) => error_name(e),
+        };
+        self.audit(origin, action, target, "finished", how).await;
+    }
+
     /// Bring the group to `spec` as one transaction (see `deploy.rs`).
     pub async fn deploy(
         &self,
+        origin: &Origin,
         spec: GroupSpec,
         sink: Arc<dyn ProgressSink>,
     ) -> Result<dtma_protocol::DeployResult, McpError> {
-        admit(&self.agent)?;
+        let group_id = spec.group_id.clone();
+        self.authorize(origin, "mcp_deploy", &group_id).await?;
         let lock = self.lock_for(&spec.group_id);
         let held = lock.lock().await;
         let result = deploy::run(&self.agent, spec, sink).await;
@@ -153,6 +221,8 @@ impl McpService {
         if result.is_err() {
             self.clean_up_when_docker_answers();
         }
+        self.audit_end(origin, "mcp_deploy", &group_id, &result)
+            .await;
         result
     }
 
@@ -190,10 +260,22 @@ impl McpService {
     /// Stop and remove every container of `group_id`. Unknown group: `NotFound`.
     pub async fn remove(
         &self,
+        origin: &Origin,
         group_id: &str,
         sink: Arc<dyn ProgressSink>,
     ) -> Result<RemoveResult, McpError> {
-        admit(&self.agent)?;
+        self.authorize(origin, "mcp_remove", group_id).await?;
+        let result = self.remove_group(group_id, sink).await;
+        self.audit_end(origin, "mcp_remove", group_id, &result)
+            .await;
+        result
+    }
+
+    async fn remove_group(
+        &self,
+        group_id: &str,
+        sink: Arc<dyn ProgressSink>,
+    ) -> Result<RemoveResult, McpError> {
         let lock = self.lock_for(group_id);
         let _held = lock.lock().await;
         let docker = self.agent.docker();
@@ -282,10 +364,22 @@ impl McpService {
     /// Restart one managed server by instance name. Unknown or unmanaged: `NotFound`.
     pub async fn restart(
         &self,
+        origin: &Origin,
         instance: &str,
         sink: Arc<dyn ProgressSink>,
     ) -> Result<RestartResult, McpError> {
-        admit(&self.agent)?;
+        self.authorize(origin, "mcp_restart", instance).await?;
+        let result = self.restart_server(instance, sink).await;
+        self.audit_end(origin, "mcp_restart", instance, &result)
+            .await;
+        result
+    }
+
+    async fn restart_server(
+        &self,
+        instance: &str,
+        sink: Arc<dyn ProgressSink>,
+    ) -> Result<RestartResult, McpError> {
         let docker = self.agent.docker();
         let name = spec::container_name(instance);
         let found = docker
@@ -349,6 +443,20 @@ async fn reconcile(agent: &Agent, locks: &GroupLocks) -> Result<usize, McpError>
         touched += 1;
     }
     Ok(touched)
+}
+
+/// A stable name of each failure, for audit records and logs.
+fn error_name(e: &McpError) -> &'static str {
+    match e {
+        McpError::ShuttingDown(_) => "shutting_down",
+        McpError::Invalid(_) => "invalid_request",
+        McpError::DockerUnavailable(_) => "docker_unavailable",
+        McpError::Forbidden(_) => "forbidden",
+        McpError::NotFound(_) => "not_found",
+        McpError::Conflict(_) => "conflict",
+        McpError::DeployFailed { .. } => "deploy_failed",
+        McpError::Docker(_) => "docker_error",
+    }
 }
 
 fn instance_name(c: &Inspected) -> String {
