@@ -594,3 +594,37 @@ async fn the_next_start_finishes_an_interrupted_deploy() {
     assert!(String::from_utf8_lossy(&r.body).contains(&b));
     agent.shutdown().await;
 }
+
+/// Status comes from Docker's labels, not from the agent's memory: a new agent process sees the
+/// groups an earlier one deployed, and can remove them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_survives_an_agent_restart() {
+    let g = unique("grp");
+    let _guard = GroupGuard(g.clone());
+    let a = unique("a");
+    let first = InProc::start(config(None)).await;
+    let addr = first.running.as_ref().unwrap().http_addr;
+    let r = post(
+        addr,
+        "/mcp/groups",
+        &group(&g, vec![server(&a, free_port(), "discover")]),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    first.shutdown().await;
+
+    let second = InProc::start(config(None)).await;
+    let addr = second.running.as_ref().unwrap().http_addr;
+    let j = call(addr, "GET", "/mcp/status").await.json();
+    let mine = j["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["group_id"] == g.as_str())
+        .unwrap_or_else(|| panic!("group {g} missing after the restart: {j}"));
+    assert_eq!(mine["servers"][0]["instance_name"], a.as_str());
+    assert_eq!(mine["servers"][0]["state"], "ready");
+    let r = call(addr, "DELETE", &format!("/mcp/groups/{g}")).await;
+    assert_eq!(r.status, 200);
+    second.shutdown().await;
+}

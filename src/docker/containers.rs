@@ -292,6 +292,69 @@ impl DockerClient {
             .map_err(|e| self.map_err(e))
     }
 
+    /// Create the bridge network `name` unless it exists (a group's shared network).
+    pub async fn ensure_network(
+        &self,
+        name: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<(), Error> {
+        let docker = self.connect()?;
+        match docker
+            .inspect_network(
+                name,
+                None::<bollard::query_parameters::InspectNetworkOptions>,
+            )
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e) => match self.map_err(e) {
+                Error::NotFound(_) => {}
+                other => return Err(other),
+            },
+        }
+        let request = bollard::models::NetworkCreateRequest {
+            name: name.to_owned(),
+            driver: Some("bridge".into()),
+            labels: Some(labels),
+            ..Default::default()
+        };
+        docker
+            .create_network(request)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.map_err(e))
+    }
+
+    /// Whether the network `name` exists.
+    pub async fn find_network(&self, name: &str) -> Result<bool, Error> {
+        let docker = self.connect()?;
+        match docker
+            .inspect_network(
+                name,
+                None::<bollard::query_parameters::InspectNetworkOptions>,
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) => match self.map_err(e) {
+                Error::NotFound(_) => Ok(false),
+                other => Err(other),
+            },
+        }
+    }
+
+    /// Remove the network `name`; a missing one is fine.
+    pub async fn remove_network(&self, name: &str) -> Result<(), Error> {
+        let docker = self.connect()?;
+        match docker.remove_network(name).await {
+            Ok(()) => Ok(()),
+            Err(e) => match self.map_err(e) {
+                Error::NotFound(_) => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
     /// Ids of every container carrying all of `labels` (`key=value` or `key`), running or not.
     pub async fn find(&self, labels: &[String]) -> Result<Vec<Inspected>, Error> {
         let docker = self.connect()?;

@@ -73,6 +73,11 @@ pub fn container_name(instance_name: &str) -> String {
     format!("{CONTAINER_PREFIX}{instance_name}")
 }
 
+/// The user-defined network of a group deployed with `sharedNetworking: true`.
+pub fn group_network(group_id: &str) -> String {
+    format!("{CONTAINER_PREFIX}{group_id}")
+}
+
 /// The label filter that finds every container this agent manages.
 pub fn managed_filter() -> String {
     format!("{LABEL_MANAGED}=true")

@@ -33,6 +33,8 @@ use crate::docker::{DockerClient, ready};
 
 /// Between two readiness probes of a starting server.
 const PROBE_EVERY: Duration = Duration::from_millis(200);
+/// The least time between two `pulling` steps of one image.
+const PULL_PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// One probe's own limit.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -145,8 +147,41 @@ pub(super) async fn run(
 
     // 3. Apply.
     let deploy_id = format!("{:012x}", fastrand::u64(..) & 0xffff_ffff_ffff);
-    let network = agent.config().mcp_network.clone();
     let agent_id = agent.config().agent_id.clone();
+    // The operator's network (host, none, a name) wins; otherwise a group that asks for shared
+    // networking gets a bridge network of its own, created on first use.
+    let mut created_network = None;
+    let network = match (&agent.config().mcp_network, group.shared_networking) {
+        (Some(n), _) => Some(n.clone()),
+        (None, false) => None,
+        (None, true) => {
+            let name = spec::group_network(&group.group_id);
+            if !docker.find_network(&name).await? {
+                let labels = [
+                    (spec::LABEL_MANAGED, "true".to_owned()),
+                    (spec::LABEL_GROUP_ID, group.group_id.clone()),
+                    (spec::LABEL_AGENT_ID, agent_id.clone()),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect();
+                if let Err(e) = docker.ensure_network(&name, labels).await {
+                    let servers = group
+                        .servers
+                        .iter()
+                        .map(|s| outcome(s, ServerAction::NotStarted, None, Vec::new()))
+                        .collect();
+                    return Err(failed(
+                        &group.group_id,
+                        format!("creating the group's network `{name}`: {e}"),
+                        servers,
+                    ));
+                }
+                created_network = Some(name.clone());
+            }
+            Some(name)
+        }
+    };
     let work: Vec<BoxFuture<'_, Applied>> = group
         .servers
         .iter()
@@ -202,6 +237,9 @@ pub(super) async fn run(
             }
             servers[a.index] = o;
         }
+        if let Some(name) = &created_network {
+            let _ = docker.remove_network(name).await;
+        }
         warn!(group_id = %group.group_id, %message, "MCP group deploy failed and was rolled back.");
         return Err(McpError::DeployFailed {
             message,
@@ -237,12 +275,9 @@ pub(super) async fn run(
             }
             None => ServerAction::Created,
         };
-        let step = if action == ServerAction::Replaced {
-            ProgressStep::Replaced
-        } else {
-            ProgressStep::Ready
-        };
-        sink.progress(Step::new(step, Some(&s.instance_name)));
+        if action == ServerAction::Replaced {
+            sink.progress(Step::new(ProgressStep::Replaced, Some(&s.instance_name)));
+        }
         servers.push(outcome(s, action, Some(id), done.ports.clone()));
     }
     for c in stale {
@@ -306,9 +341,14 @@ async fn pull_if_missing(
     }
     sink.progress(Step::new(ProgressStep::Pulling, None).with_message(reference.clone()));
     let mut stream = docker.pull(&image.pull_name(), &image.pull_tag());
+    // Docker reports every layer's every chunk: pass on at most one step a second.
+    let mut last = tokio::time::Instant::now();
     while let Some(item) = stream.next().await {
         let p = item.map_err(|e| format!("pulling `{reference}`: {e}"))?;
-        if let Some(current) = p.current {
+        if let Some(current) = p.current
+            && last.elapsed() >= PULL_PROGRESS_EVERY
+        {
+            last = tokio::time::Instant::now();
             let mut step = Step::new(ProgressStep::Pulling, None).with_message(reference.clone());
             step.bytes = Some((current, p.total));
             sink.progress(step);
@@ -396,6 +436,7 @@ async fn apply(
         applied.result = Err(why);
         return applied;
     }
+    sink.progress(Step::new(ProgressStep::Ready, Some(&s.instance_name)));
     applied
 }
 

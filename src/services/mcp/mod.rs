@@ -300,6 +300,10 @@ impl McpService {
             removed.push(name);
         }
         removed.sort();
+        // The group's shared network, if it had one (a network in use elsewhere stays).
+        if let Err(e) = docker.remove_network(&spec::group_network(group_id)).await {
+            tracing::warn!(group_id, error = %e, "The group's network could not be removed.");
+        }
         tracing::info!(group_id, removed = removed.len(), "MCP group removed.");
         Ok(RemoveResult {
             group_id: group_id.to_owned(),
