@@ -628,3 +628,39 @@ async fn status_survives_an_agent_restart() {
     assert_eq!(r.status, 200);
     second.shutdown().await;
 }
+
+/// `POST /mcp/groups?stream=true`: the deploy's progress as server-sent events, then `result`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_progress_streams_over_http() {
+    let g = unique("grp");
+    let _guard = GroupGuard(g.clone());
+    let agent = InProc::start(config(None)).await;
+    let addr = agent.running.as_ref().unwrap().http_addr;
+    let a = unique("a");
+    let r = post(
+        addr,
+        "/mcp/groups?stream=true",
+        &group(&g, vec![server(&a, free_port(), "legacy")]),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let text = String::from_utf8_lossy(&r.body).into_owned();
+    let events: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("event:").map(str::trim))
+        .collect();
+    assert_eq!(
+        events,
+        ["progress", "progress", "progress", "progress", "result"],
+        "{text}"
+    );
+    let last = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .last()
+        .unwrap();
+    let result: serde_json::Value = serde_json::from_str(last.trim()).unwrap();
+    assert_eq!(result["outcome"], "deployed", "{text}");
+    assert!(!text.contains(SECRET));
+    agent.shutdown().await;
+}

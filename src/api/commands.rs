@@ -39,16 +39,7 @@ pub async fn execute(
     q: HashMap<String, String>,
     req: ExecuteRequest,
 ) -> Result<warp::reply::Response, Rejection> {
-    let stream = match q.get("stream").map(String::as_str) {
-        None | Some("false") | Some("0") => false,
-        Some("true") | Some("1") | Some("") => true,
-        Some(v) => {
-            return Err(ApiError::bad_request(format!(
-                "query parameter `stream` must be true or false, got `{v}`"
-            ))
-            .into());
-        }
-    };
+    let stream = stream_param(&q)?;
     let agent = services.agent();
     let max_output = if stream { None } else { Some(HTTP_MAX_OUTPUT) };
     let spec = ExecSpec::new(
@@ -117,6 +108,17 @@ pub async fn execute(
         CommandEnd::Internal(m) => {
             Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m).into())
         }
+    }
+}
+
+/// `?stream=`: absent, `false`, `0` or `true`, `1`, empty.
+pub(super) fn stream_param(q: &HashMap<String, String>) -> Result<bool, ApiError> {
+    match q.get("stream").map(String::as_str) {
+        None | Some("false") | Some("0") => Ok(false),
+        Some("true") | Some("1") | Some("") => Ok(true),
+        Some(v) => Err(ApiError::bad_request(format!(
+            "query parameter `stream` must be true or false, got `{v}`"
+        ))),
     }
 }
 

@@ -66,6 +66,7 @@ pub fn routes(
     let mcp_deploy = warp::path!("mcp" / "groups")
         .and(warp::post())
         .and(auth.clone())
+        .and(warp::query::<HashMap<String, String>>())
         .and(body::json::<serde_json::Value>())
         .and_then(mcp::deploy);
     let mcp_remove = warp::path!("mcp" / "groups" / String)
