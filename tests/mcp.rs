@@ -656,8 +656,8 @@ async fn deploy_progress_streams_over_http() {
     );
     let last = text
         .lines()
-        .filter_map(|l| l.strip_prefix("data:"))
-        .last()
+        .rev()
+        .find_map(|l| l.strip_prefix("data:"))
         .unwrap();
     let result: serde_json::Value = serde_json::from_str(last.trim()).unwrap();
     assert_eq!(result["outcome"], "deployed", "{text}");
