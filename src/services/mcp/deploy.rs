@@ -715,3 +715,57 @@ fn failed(group_id: &str, why: String, servers: Vec<ServerOutcome>) -> McpError 
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(ports: serde_json::Value) -> ServerSpec {
+        ServerSpec::from_input(
+            "servers[0]",
+            &spec::ServerInput {
+                account_tool_instance_id: "ati-1",
+                docker_image_url: "example/mcp:1",
+                instance_name_on_toolbox: "s1",
+                mcp_endpoint_path: None,
+                mcp_transport_type: None,
+                port_bindings: Some(&ports),
+                environment_variables: None,
+                resource_limits: None,
+                cap_add: None,
+                readiness_timeout_ms: None,
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn host_ports_the_agent_picks_stay_the_same_across_redeploys() {
+        let s = server(serde_json::json!({ "8080": 0 }));
+        let first = host_ports(&s, None, None);
+        let picked = first[0].2;
+        assert_ne!(picked, 0);
+        // The replaced container had it: the new one gets it again.
+        let old = Inspected {
+            ports: vec![("8080/tcp".into(), "127.0.0.1".into(), picked)],
+            ..Inspected::default()
+        };
+        assert_eq!(host_ports(&s, Some(&old), None)[0].2, picked);
+        // A port the body names wins over the old one.
+        let fixed = server(serde_json::json!({ "8080": 18080 }));
+        assert_eq!(host_ports(&fixed, Some(&old), None)[0].2, 18080);
+        // Under host networking the server binds its own port: the container port.
+        assert_eq!(host_ports(&s, None, Some("host"))[0].2, 8080);
+    }
+
+    #[test]
+    fn the_probe_targets_the_first_tcp_port_on_loopback_for_wildcard_binds() {
+        let s = server(
+            serde_json::json!({ "9000/udp": 9000, "8080": [{"HostPort": "18081", "HostIp": "0.0.0.0"}] }),
+        );
+        let ports = host_ports(&s, None, None);
+        let target = ProbeTarget::of(&s, &ports);
+        assert_eq!(target.addr, Some("127.0.0.1:18081".parse().unwrap()));
+        assert_eq!(target.path, "/mcp");
+    }
+}
