@@ -54,6 +54,9 @@ pub struct Agent {
     work: CancellationToken,
     /// Set on shutdown: new requests are refused.
     draining: AtomicBool,
+    /// Cancelled when the drain starts: open-ended work (a log follow) ends then instead of
+    /// holding shutdown for the whole grace period.
+    drain_started: CancellationToken,
     /// Whether a channel session is up right now (for `/health`).
     link_up: AtomicBool,
     started: Instant,
@@ -107,6 +110,7 @@ impl Agent {
             tracker: TaskTracker::new(),
             work: CancellationToken::new(),
             draining: AtomicBool::new(false),
+            drain_started: CancellationToken::new(),
             link_up: AtomicBool::new(false),
             started: Instant::now(),
             sampler: Sampler::default(),
@@ -166,6 +170,12 @@ impl Agent {
         self.work.child_token()
     }
 
+    /// Cancelled when shutdown starts draining. Work that would otherwise never end on its own
+    /// (following a log) stops on it; bounded work runs on through the grace period.
+    pub fn drain_started(&self) -> CancellationToken {
+        self.drain_started.clone()
+    }
+
     /// Run a request's task where shutdown can wait for it.
     pub fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
     where
@@ -189,6 +199,7 @@ impl Agent {
     /// wait for their final events; finally flush the audit log.
     pub async fn drain(&self, grace: Duration) {
         self.draining.store(true, Ordering::Relaxed);
+        self.drain_started.cancel();
         self.tracker.close();
         let running = self.tracker.len();
         if running > 0 {

@@ -5,7 +5,8 @@
 //! engines and the shared state. ARCHITECTURE.md has the full map and the dependency rules.
 //! - [`channel`]: the channel adapter: reconnect loop, session, request handlers, streams, TLS.
 //! - [`api`]: the local HTTP adapter (warp): routes, bodies, JSON errors, SSE.
-//! - [`services`]: one service per capability (commands, diagnostics), used by both adapters.
+//! - [`services`]: one service per capability (commands, diagnostics, MCP, logs), used by both
+//!   adapters.
 //! - [`exec`]: the exec engine (`/bin/sh -c` in a process group, both pipes under flow control).
 //! - [`policy`]: the command policy (pure: parse as dash would, judge each simple command).
 //! - [`docker`]: the Docker client seam (bollard).
@@ -48,13 +49,14 @@ use services::Services;
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// What this agent announces in `hello`.
-pub const CAPABILITIES: [&str; 7] = [
+pub const CAPABILITIES: [&str; 8] = [
     "exec",
     "cancel",
     "ping",
     "credit",
     "resume",
     "mcp",
+    "logs",
     "diagnostics",
 ];
 

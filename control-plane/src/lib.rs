@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex};
 use base64::Engine as _;
 use bytes::Bytes;
 use dtma_protocol::{
-    AgentMessage, BackendMessage, Control, Credit, Encoding, Exec, Hello, PROTOCOL_VERSION,
-    Reconnect, Request, RequestBody, ResumePoint, Welcome, close_code,
+    AgentMessage, BackendMessage, Control, Credit, Encoding, Exec, Hello, LogsFollow,
+    PROTOCOL_VERSION, Reconnect, Request, RequestBody, ResumePoint, Welcome, close_code,
 };
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
@@ -269,6 +269,9 @@ impl ControlPlane {
             .ok_or_else(|| Error::NotConnected(agent.to_owned()))?;
         let limit = match &body {
             RequestBody::Exec(Exec {
+                credit: Some(c), ..
+            }) => *c,
+            RequestBody::LogsFollow(LogsFollow {
                 credit: Some(c), ..
             }) => *c,
             _ => self.inner.opts.initial_credit,

@@ -955,9 +955,9 @@ pub struct RestartResult {
 pub enum LogsEndReason {
     /// `follow: false` and the tail has been sent.
     Ended,
-    /// The container was removed.
+    /// The container was removed (also by a redeploy that replaced it).
     Removed,
-    /// A `cancel` (or the agent's orphan grace) stopped it.
+    /// A `cancel`, the agent's orphan grace or the agent's shutdown stopped it.
     Cancelled,
 }
 

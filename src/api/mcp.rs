@@ -64,7 +64,7 @@ pub async fn deploy(
     q: HashMap<String, String>,
     body: serde_json::Value,
 ) -> Result<warp::reply::Response, Rejection> {
-    let stream = super::commands::stream_param(&q)?;
+    let stream = super::bool_param(&q, "stream", false)?;
     McpService::may_change(&caller, "mcp_deploy").map_err(ApiError::from)?;
     let group: McpGroup = super::body::decode_value(body)?;
     let spec = s.mcp.validate(&group).map_err(ApiError::from)?;

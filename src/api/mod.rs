@@ -8,13 +8,17 @@
 //!
 //! - [`commands`]: `/ssh/execute`, buffered or SSE.
 //! - [`mcp`]: `/mcp/*`: deploy, remove, restart, status.
+//! - [`logs`]: `/mcp/servers/:instanceName/logs`, an MCP server's log, followed (SSE) or not.
+//! - [`sse`]: the server-sent-events sink both streaming routes share.
 //! - [`body`]: JSON bodies, and the 413 that reaches clients that send everything first.
 //! - [`error`]: the error body and the rejection mapping.
 
 pub mod body;
 pub mod commands;
 pub mod error;
+pub mod logs;
 pub mod mcp;
+pub mod sse;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -77,6 +81,11 @@ pub fn routes(
         .and(warp::post())
         .and(auth.clone())
         .and_then(mcp::restart);
+    let mcp_logs = warp::path!("mcp" / "servers" / String / "logs")
+        .and(warp::get())
+        .and(auth.clone())
+        .and(warp::query::<HashMap<String, String>>())
+        .and_then(logs::logs);
 
     let diag_docker = warp::path!("diagnostics" / "docker")
         .and(warp::get())
@@ -110,6 +119,7 @@ pub fn routes(
         .or(mcp_deploy)
         .or(mcp_remove)
         .or(mcp_restart)
+        .or(mcp_logs)
         .or(diag_docker)
         .or(diag_system)
         .or(diag_logs)
@@ -175,6 +185,23 @@ async fn authenticate(
             tokio::time::sleep(delay).await;
             Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string()).into())
         }
+    }
+}
+
+/// A boolean query parameter: `true`/`1`/empty (`?follow`) or `false`/`0`; `default` when
+/// absent.
+pub(crate) fn bool_param(
+    q: &HashMap<String, String>,
+    name: &str,
+    default: bool,
+) -> Result<bool, ApiError> {
+    match q.get(name).map(String::as_str) {
+        None => Ok(default),
+        Some("true") | Some("1") | Some("") => Ok(true),
+        Some("false") | Some("0") => Ok(false),
+        Some(v) => Err(ApiError::bad_request(format!(
+            "query parameter `{name}` must be true or false, got `{v}`"
+        ))),
     }
 }
 

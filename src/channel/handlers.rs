@@ -18,6 +18,7 @@ use super::Channel;
 use super::streams::{OpenError, StreamHandle};
 use crate::exec::{ExecSpec, OutputSink};
 use crate::services::commands::{CommandEnd, CommandRequest, CommandSink, Refused, Source};
+use crate::services::logs::LogsOptions;
 use crate::services::mcp::{GroupSpec, McpError, ProgressSink, Step};
 use crate::services::{Origin, Services, ShuttingDown, admit, diagnostics};
 
@@ -25,6 +26,7 @@ use crate::services::{Origin, Services, ShuttingDown, admit, diagnostics};
 enum Prepared {
     Exec(ExecSpec),
     Deploy(GroupSpec),
+    Logs(LogsOptions),
     Nothing,
 }
 
@@ -78,10 +80,15 @@ pub async fn dispatch(channel: &Arc<Channel>, req: Request) -> Option<AgentMessa
                 return unsequenced(ErrorCode::InvalidRequest, format!("group: {e}"));
             }
         },
+        RequestBody::LogsFollow(l) => match logs_options(l) {
+            Ok(options) => Prepared::Logs(options),
+            Err(message) => return unsequenced(ErrorCode::InvalidRequest, message),
+        },
         _ => Prepared::Nothing,
     };
     let credit = match &req.body {
         RequestBody::Exec(e) => e.credit,
+        RequestBody::LogsFollow(l) => l.credit,
         _ => None,
     };
     let token = agent.work_token();
@@ -184,7 +191,16 @@ pub async fn dispatch(channel: &Arc<Channel>, req: Request) -> Option<AgentMessa
             };
             r.map_err(diagnostics_error)
         }),
-        (RequestBody::LogsFollow(_) | RequestBody::McpEvents(_), _) => stream.fail(
+        (RequestBody::LogsFollow(l), Prepared::Logs(options)) => {
+            spawn_request(channel, stream, |s, sink| async move {
+                let source = s.logs.find(&l.instance_name).await.map_err(mcp_error)?;
+                s.logs
+                    .follow(source, &options, sink, token)
+                    .await
+                    .map_err(mcp_error)
+            })
+        }
+        (RequestBody::McpEvents(_), _) => stream.fail(
             ErrorCode::NotImplemented,
             format!("`{kind}` is part of the protocol but not served by this agent build yet"),
         ),
@@ -203,6 +219,21 @@ fn origin(request_id: &str) -> Origin {
         caller: crate::agent::backend_caller(),
         request_id: Some(request_id.to_owned()),
     }
+}
+
+/// A `logs_follow`'s fields as the service's options (`since` must be an RFC 3339 time).
+fn logs_options(l: &dtma_protocol::LogsFollow) -> Result<LogsOptions, String> {
+    let since = match l.since.as_deref().map(crate::parse_rfc3339) {
+        None => None,
+        Some(Ok(t)) => Some(t),
+        Some(Err(e)) => return Err(format!("field `since` is not an RFC 3339 time: {e}")),
+    };
+    Ok(LogsOptions {
+        tail: l.tail(),
+        since,
+        timestamps: l.timestamps(),
+        follow: l.follow(),
+    })
 }
 
 /// A failure as the channel's terminal error: code, message, details.
@@ -236,12 +267,12 @@ fn diagnostics_error(e: diagnostics::Error) -> WireError {
     (code, e.to_string(), None)
 }
 
-/// Run a request's work in the agent's task tracker; its value becomes the stream's `result`,
-/// its error the terminal `error`. A task that ends without either (a panic) still ends the
-/// stream, with `internal`.
+/// Run a request's work in the agent's task tracker, with the stream as its sink (progress, and
+/// a log follow's output); its value becomes the stream's `result`, its error the terminal
+/// `error`. A task that ends without either (a panic) still ends the stream, with `internal`.
 fn spawn_request<F, Fut, T>(channel: &Arc<Channel>, stream: StreamHandle, work: F)
 where
-    F: FnOnce(Arc<Services>, Arc<dyn ProgressSink>) -> Fut,
+    F: FnOnce(Arc<Services>, Arc<StreamHandle>) -> Fut,
     Fut: Future<Output = Result<T, WireError>> + Send + 'static,
     T: serde::Serialize,
 {

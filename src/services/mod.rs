@@ -9,6 +9,7 @@
 
 pub mod commands;
 pub mod diagnostics;
+pub mod logs;
 pub mod mcp;
 
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use crate::agent::Agent;
 
 pub use commands::CommandService;
 pub use diagnostics::DiagnosticsService;
+pub use logs::LogsService;
 pub use mcp::McpService;
 
 /// Every service, over one shared [`Agent`]. Adapters hold an `Arc<Services>`.
@@ -24,6 +26,7 @@ pub struct Services {
     agent: Arc<Agent>,
     pub commands: CommandService,
     pub diagnostics: DiagnosticsService,
+    pub logs: LogsService,
     pub mcp: McpService,
 }
 
@@ -32,6 +35,7 @@ impl Services {
         Arc::new(Services {
             commands: CommandService::new(agent.clone()),
             diagnostics: DiagnosticsService::new(agent.clone()),
+            logs: LogsService::new(agent.clone()),
             mcp: McpService::new(agent.clone()),
             agent,
         })
