@@ -148,6 +148,13 @@ impl DockerClient {
             .map_err(|e| self.map_err(e))?;
         Ok(list
             .into_iter()
+            .filter(|c| {
+                // Containers a deploy set aside (temporary names) are not servers.
+                !c.names
+                    .as_ref()
+                    .and_then(|n| n.first())
+                    .is_some_and(|n| spec::is_aside(n))
+            })
             .map(|c| ContainerInfo {
                 id: c.id.unwrap_or_default(),
                 name: c

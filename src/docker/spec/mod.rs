@@ -30,8 +30,9 @@ pub use limits::{Limits, MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, parse_limits};
 pub use names::{
     CONTAINER_PREFIX, LABEL_ACCOUNT_TOOL_INSTANCE_ID, LABEL_AGENT_ID, LABEL_DEPLOY_ID,
     LABEL_ENDPOINT_PATH, LABEL_GROUP_ID, LABEL_HOST_PORTS, LABEL_INSTANCE_NAME, LABEL_MANAGED,
-    LABEL_PREFIX, LABEL_SPEC_HASH, LABEL_TRANSPORT, container_name, group_network, is_managed,
-    labels, managed_filter, parse_account_tool_instance_id, parse_group_id, parse_instance_name,
+    LABEL_PREFIX, LABEL_SPEC_HASH, LABEL_TRANSPORT, container_name, group_network, is_aside,
+    is_managed, labels, leftover, managed_filter, new_name, old_name,
+    parse_account_tool_instance_id, parse_group_id, parse_instance_name,
 };
 pub use ports::{DEFAULT_HOST_IP, PortSpec, Protocol, parse_ports};
 pub use runtime::{

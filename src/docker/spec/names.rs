@@ -150,6 +150,33 @@ pub fn parse_account_tool_instance_id(field: &str, id: &str) -> Result<String, S
     Ok(id.to_owned())
 }
 
+/// A deploy's temporary names say what a container is: see `services::mcp::plan`.
+const NEW_MARK: &str = "-dtma-new-";
+const OLD_MARK: &str = "-dtma-old-";
+
+/// The name a new container has until its deploy commits.
+pub fn new_name(final_name: &str, deploy_id: &str) -> String {
+    format!("{final_name}{NEW_MARK}{deploy_id}")
+}
+
+/// The name a replaced container has until its deploy commits or rolls back.
+pub fn old_name(final_name: &str, deploy_id: &str) -> String {
+    format!("{final_name}{OLD_MARK}{deploy_id}")
+}
+
+/// Whether `name` is a container set aside by a deploy (not a server in its own right).
+pub fn is_aside(name: &str) -> bool {
+    name.contains(NEW_MARK) || name.contains(OLD_MARK)
+}
+
+/// What a leftover of an interrupted deploy is: `(final name, is_new)`.
+pub fn leftover(name: &str) -> Option<(&str, bool)> {
+    if let Some(i) = name.find(NEW_MARK) {
+        return Some((&name[..i], true));
+    }
+    name.find(OLD_MARK).map(|i| (&name[..i], false))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

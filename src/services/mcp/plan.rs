@@ -11,9 +11,7 @@
 use dtma_protocol::{McpGroup, McpTransport};
 
 use crate::docker::spec::{self, ServerSpec, SpecError};
-
-const NEW_MARK: &str = "-dtma-new-";
-const OLD_MARK: &str = "-dtma-old-";
+pub use crate::docker::spec::{is_aside, leftover, new_name, old_name};
 
 /// A group's desired state.
 #[derive(Debug, Clone)]
@@ -79,29 +77,6 @@ impl GroupSpec {
             max_concurrent: g.max_concurrent_deployments().max(1) as usize,
         })
     }
-}
-
-/// The name a new container has until its deploy commits.
-pub fn new_name(final_name: &str, deploy_id: &str) -> String {
-    format!("{final_name}{NEW_MARK}{deploy_id}")
-}
-
-/// The name a replaced container has until its deploy commits or rolls back.
-pub fn old_name(final_name: &str, deploy_id: &str) -> String {
-    format!("{final_name}{OLD_MARK}{deploy_id}")
-}
-
-/// Whether `name` is a container set aside by a deploy (not a server in its own right).
-pub fn is_aside(name: &str) -> bool {
-    name.contains(NEW_MARK) || name.contains(OLD_MARK)
-}
-
-/// What a leftover of an interrupted deploy is: `(final name, is_new)`.
-pub fn leftover(name: &str) -> Option<(&str, bool)> {
-    if let Some(i) = name.find(NEW_MARK) {
-        return Some((&name[..i], true));
-    }
-    name.find(OLD_MARK).map(|i| (&name[..i], false))
 }
 
 #[cfg(test)]
