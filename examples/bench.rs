@@ -40,6 +40,9 @@ use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use tokio_util::sync::CancellationToken;
 
+mod support;
+use support::{lock, machine_ticks, stop_child};
+
 /// The streaming command of the 1,000-streams test: one short line every 50 ms.
 const TICKER: &str = r#"while :; do echo "$$ line"; sleep 0.05; done"#;
 const RTT_WARMUP: usize = 50;
@@ -311,17 +314,6 @@ impl Drop for Reaper {
     }
 }
 
-fn stop_child(c: &mut Child, grace: Duration) {
-    if matches!(c.try_wait(), Ok(Some(_))) {
-        return;
-    }
-    let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
-    if wait_timeout(c, grace).is_none() {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
-}
-
 /// Wait for `c` in a blocking `wait` (so the time is exact, not rounded up to a poll
 /// interval); a watchdog thread kills it when `limit` passes first.
 fn wait_exact(mut c: Child, limit: Duration) -> Result<std::process::ExitStatus> {
@@ -342,21 +334,6 @@ fn wait_exact(mut c: Child, limit: Duration) -> Result<std::process::ExitStatus>
     Ok(status?)
 }
 
-fn wait_timeout(c: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
-    let end = Instant::now() + limit;
-    loop {
-        match c.try_wait() {
-            Ok(Some(s)) => return Some(s),
-            Ok(None) if Instant::now() < end => std::thread::sleep(Duration::from_millis(10)),
-            _ => return None,
-        }
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 // ---------------------------------------------------------------------------------------------
 // Main
 // ---------------------------------------------------------------------------------------------
@@ -364,25 +341,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let settings = Settings::load()?;
-    // Other work on the machine skews every row: say how busy it was.
-    let load = std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| {
-            let f: Vec<&str> = l.split_whitespace().take(3).collect();
-            (f.len() == 3).then(|| f.join(" "))
-        })
-        .unwrap_or_else(|| "unknown".into());
-    let busy = {
-        let before = machine_ticks();
-        std::thread::sleep(Duration::from_secs(1));
-        match (before, machine_ticks()) {
-            (Some((b0, a0)), Some((b1, a1))) if a1 > a0 => {
-                format!("{:.0}%", (b1 - b0) as f64 * 100.0 / (a1 - a0) as f64)
-            }
-            _ => "unknown".into(),
-        }
-    };
-    let load = format!("{load}; CPU busy in the second before the start: {busy}");
+    let load = support::load_at_start();
     let reaper = Arc::new(Reaper::new()?);
     let mut results = Results::default();
     let interrupted = async {
@@ -1269,21 +1228,6 @@ fn family(pid: u32) -> Vec<u32> {
     all
 }
 
-/// (busy, total) ticks of all CPUs since boot, from /proc/stat.
-fn machine_ticks() -> Option<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal ...
-    let all: u64 = v.iter().take(8).sum();
-    let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
-    Some((all - idle, all))
-}
-
 /// User + system CPU seconds of these processes (all threads; not their children).
 fn cpu_secs(pids: &[u32]) -> f64 {
     pids.iter()
@@ -1345,68 +1289,10 @@ fn tls_config() -> Result<(Arc<rustls::ServerConfig>, String, &'static str)> {
 }
 
 fn machine_facts() -> Vec<(String, String)> {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find_map(|l| l.strip_prefix("model name")?.split_once(':'))
-                .map(|(_, v)| v.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown".into());
-    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".into());
-    let mem = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        })
-        .map_or("unknown".into(), |k| {
-            format!("{:.1} GiB", k as f64 / 1048576.0)
-        });
-    let os = std::fs::read_to_string("/etc/os-release")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("PRETTY_NAME="))
-                .map(|v| v.trim_matches('"').to_owned())
-        })
-        .unwrap_or_else(|| "unknown".into());
-    let version = |cmd: &str, arg: &str| {
-        Command::new(cmd)
-            .arg(arg)
-            .stdin(Stdio::null())
-            .output()
-            .ok()
-            .map(|o| {
-                let text = if o.stdout.is_empty() {
-                    o.stderr
-                } else {
-                    o.stdout
-                };
-                String::from_utf8_lossy(&text)
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .to_owned()
-            })
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| "not installed".into())
-    };
-    vec![
-        ("nproc".into(), nproc.to_string()),
-        ("CPU".into(), cpu),
-        ("memory".into(), mem),
-        ("kernel".into(), kernel),
-        ("OS".into(), os),
-        ("dtma".into(), dtma::VERSION.to_owned()),
-        ("OpenSSH".into(), version("ssh", "-V")),
-        ("node".into(), version("node", "--version")),
-    ]
+    let mut facts = support::machine_facts();
+    facts.push(("OpenSSH".into(), support::version("ssh", &["-V"])));
+    facts.push(("node".into(), support::version("node", &["--version"])));
+    facts
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1611,12 +1497,5 @@ fn write_markdown(path: &Path, report: &Report) -> Result<()> {
         let _ = writeln!(section, "- {k}: {v}");
     }
     let _ = write!(section, "{END}");
-    let old = std::fs::read_to_string(path).unwrap_or_default();
-    let new = match (old.find(BEGIN), old.find(END)) {
-        (Some(a), Some(b)) if a < b => format!("{}{section}{}", &old[..a], &old[b + END.len()..]),
-        _ if old.trim().is_empty() => format!("# Benchmarks\n\n{section}\n"),
-        _ => format!("{}\n\n{section}\n", old.trim_end()),
-    };
-    std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    support::replace_section(path, BEGIN, END, "## Results", &section)
 }

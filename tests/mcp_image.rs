@@ -5,8 +5,9 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
 
-use common::docker::{Container, docker_ok, free_port, test_image};
+use common::docker::{Container, MCP_BINARY, docker, docker_ok, free_port, image_for, test_image};
 use serde_json::{Value, json};
 
 /// Bounded polling for the container's port (a 50 ms pause between attempts).
@@ -134,6 +135,27 @@ fn image_is_reused_and_names_its_content() {
         &image,
     ]);
     assert_eq!(entrypoint, r#"["/usr/local/bin/dtma-test-mcp"]"#);
+}
+
+/// `deploy/test-image.sh` itself (no in-process cache): the same server gives the same image,
+/// not a fresh import of it; a changed server gives a new tag.
+#[test]
+fn the_image_script_reuses_by_content() {
+    let image = test_image();
+    let id = |tag: &str| docker_ok(&["image", "inspect", "--format", "{{.Id}}", tag]);
+    let before = id(&image);
+    assert_eq!(image_for(Path::new(MCP_BINARY)), image);
+    assert_eq!(id(&image), before, "the image was imported again");
+
+    // One byte appended to the server: still a valid program, other content, other tag.
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let changed = dir.path().join("dtma-test-mcp");
+    let mut bytes = std::fs::read(MCP_BINARY).expect("read the test server");
+    bytes.push(0);
+    std::fs::write(&changed, bytes).expect("write the changed copy");
+    let other = image_for(&changed);
+    assert_ne!(other, image);
+    let _ = docker(&["rmi", &other]);
 }
 
 #[test]
