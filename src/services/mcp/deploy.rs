@@ -65,10 +65,13 @@ pub(super) async fn run(
     sink.progress(Step::new(ProgressStep::Validated, None));
 
     // 1. Plan.
-    let mut actions = Vec::with_capacity(group.servers.len());
-    for s in &group.servers {
-        actions.push(plan_server(docker, &group.group_id, s).await?);
-    }
+    // One inspect per server, all at once (an unchanged redeploy is nothing but these).
+    let plans: Vec<BoxFuture<'_, Result<Action, McpError>>> = group
+        .servers
+        .iter()
+        .map(|s| plan_server(docker, &group.group_id, s).boxed())
+        .collect();
+    let actions = futures_util::future::try_join_all(plans).await?;
     let wanted: BTreeSet<&str> = group
         .servers
         .iter()

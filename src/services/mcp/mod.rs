@@ -16,6 +16,7 @@ use dtma_protocol::{
     DeployFailure, GroupStatus, McpGroup, PortMapping, PortProtocol, ProgressStep, RemoveResult,
     RestartResult, ServerState, ServerStatus, StatusResult,
 };
+use futures_util::FutureExt;
 
 use super::{Origin, ShuttingDown, admit};
 use crate::agent::{Agent, role_name};
@@ -290,15 +291,23 @@ impl McpService {
                 "no MCP group `{group_id}` on this agent"
             )));
         }
-        let mut removed = Vec::new();
-        for c in members {
-            let name = instance_name(&c);
-            sink.progress(Step::new(ProgressStep::Stopping, Some(&name)));
-            docker.stop(&c.id, STOP_GRACE_S).await?;
-            docker.remove(&c.id).await?;
-            sink.progress(Step::new(ProgressStep::Removed, Some(&name)));
-            removed.push(name);
-        }
+        // All containers at once: each may take its whole stop grace.
+        let stops: Vec<futures_util::future::BoxFuture<'_, Result<String, McpError>>> = members
+            .iter()
+            .map(|c| {
+                let sink = sink.clone();
+                async move {
+                    let name = instance_name(c);
+                    sink.progress(Step::new(ProgressStep::Stopping, Some(&name)));
+                    docker.stop(&c.id, STOP_GRACE_S).await?;
+                    docker.remove(&c.id).await?;
+                    sink.progress(Step::new(ProgressStep::Removed, Some(&name)));
+                    Ok(name)
+                }
+                .boxed()
+            })
+            .collect();
+        let mut removed = futures_util::future::try_join_all(stops).await?;
         removed.sort();
         // The group's shared network, if it had one (a network in use elsewhere stays).
         if let Err(e) = docker.remove_network(&spec::group_network(group_id)).await {
