@@ -404,10 +404,7 @@ async fn placeholder_requests_answer_not_implemented() {
     let cp = Cp::start(Options::default()).await;
     let _agent = InProc::start(agent_config("a7", cp.url())).await;
     within(10, "agent connect", cp.cp.wait_for_agent("a7")).await;
-    for (kind, fields) in [
-        ("logs_follow", serde_json::json!({ "instance_name": "s1" })),
-        ("mcp_events", serde_json::json!({})),
-    ] {
+    for (kind, fields) in [("logs_follow", serde_json::json!({ "instance_name": "s1" }))] {
         let id = format!("ph-{kind}");
         let mut fields = fields;
         fields["type"] = kind.into();

@@ -174,7 +174,8 @@ pub async fn dispatch(channel: &Arc<Channel>, req: Request) -> Option<AgentMessa
             };
             r.map_err(diagnostics_error)
         }),
-        (RequestBody::LogsFollow(_) | RequestBody::McpEvents(_), _) => stream.fail(
+        (RequestBody::McpEvents(_), _) => super::events::spawn(channel, stream, token),
+        (RequestBody::LogsFollow(_), _) => stream.fail(
             ErrorCode::NotImplemented,
             format!("`{kind}` is part of the protocol but not served by this agent build yet"),
         ),
@@ -238,7 +239,7 @@ where
 
 /// Ends its stream with `internal` when dropped before the stream ended (a panic unwinding).
 /// After a normal end it changes nothing: a finished stream takes no more events.
-struct EndsStream(Arc<StreamHandle>);
+pub(super) struct EndsStream(pub(super) Arc<StreamHandle>);
 
 impl Drop for EndsStream {
     fn drop(&mut self) {

@@ -9,6 +9,8 @@
 
 pub mod commands;
 pub mod diagnostics;
+pub mod events;
+pub mod health;
 pub mod mcp;
 
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use crate::agent::Agent;
 
 pub use commands::CommandService;
 pub use diagnostics::DiagnosticsService;
+pub use events::EventsService;
 pub use mcp::McpService;
 
 /// Every service, over one shared [`Agent`]. Adapters hold an `Arc<Services>`.
@@ -25,14 +28,18 @@ pub struct Services {
     pub commands: CommandService,
     pub diagnostics: DiagnosticsService,
     pub mcp: McpService,
+    pub events: EventsService,
 }
 
 impl Services {
     pub fn new(agent: Arc<Agent>) -> Arc<Services> {
+        // Each server's monitored health: kept by the events service, read by the others.
+        let health = Arc::new(health::HealthBook::default());
         Arc::new(Services {
             commands: CommandService::new(agent.clone()),
-            diagnostics: DiagnosticsService::new(agent.clone()),
-            mcp: McpService::new(agent.clone()),
+            diagnostics: DiagnosticsService::new(agent.clone(), health.clone()),
+            mcp: McpService::new(agent.clone(), health.clone()),
+            events: EventsService::new(agent.clone(), health),
             agent,
         })
     }

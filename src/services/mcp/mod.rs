@@ -17,12 +17,14 @@ use dtma_protocol::{
     RestartResult, ServerState, ServerStatus, StatusResult,
 };
 
+use super::health::HealthBook;
 use super::{ShuttingDown, admit};
 use crate::agent::Agent;
 use crate::docker::containers::Inspected;
 use crate::docker::spec::{self, SpecError};
 
 pub use plan::GroupSpec;
+pub(crate) use plan::is_aside;
 
 /// Seconds a container gets between SIGTERM and SIGKILL when the agent stops it.
 pub const STOP_GRACE_S: i32 = 10;
@@ -101,14 +103,17 @@ impl ProgressSink for NoProgress {
 
 pub struct McpService {
     agent: Arc<Agent>,
+    /// The monitored state of each server (`services::health`), which `status` reports.
+    health: Arc<HealthBook>,
     /// One lock per group id: requests on a group run one at a time.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl McpService {
-    pub fn new(agent: Arc<Agent>) -> McpService {
+    pub fn new(agent: Arc<Agent>, health: Arc<HealthBook>) -> McpService {
         McpService {
             agent,
+            health,
             locks: Mutex::new(HashMap::new()),
         }
     }
@@ -228,7 +233,11 @@ impl McpService {
                 .get(spec::LABEL_GROUP_ID)
                 .cloned()
                 .unwrap_or_default();
-            groups.entry(group).or_default().push(server_status(c));
+            let mut status = server_status(c);
+            if let Some(state) = self.health.monitored(&c.id, c.running) {
+                status.state = state;
+            }
+            groups.entry(group).or_default().push(status);
         }
         let mut table = String::from("NAMES\t\t\tSTATUS\t\tPORTS\n");
         for servers in groups.values_mut() {
@@ -364,7 +373,7 @@ pub(crate) fn port_mappings(c: &Inspected) -> Vec<PortMapping> {
 }
 
 /// The server's state as far as Docker tells it (readiness is probed at deploy and restart).
-fn observed_state(c: &Inspected) -> ServerState {
+pub(crate) fn observed_state(c: &Inspected) -> ServerState {
     if c.restarting {
         return ServerState::CrashLooping;
     }
