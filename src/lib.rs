@@ -5,22 +5,24 @@
 //! engines and the shared state. ARCHITECTURE.md has the full map and the dependency rules.
 //! - [`channel`]: the channel adapter: reconnect loop, session, request handlers, streams, TLS.
 //! - [`api`]: the local HTTP adapter (warp): routes, bodies, JSON errors, SSE.
-//! - [`services`]: one service per capability (commands, diagnostics, MCP, logs), used by both
-//!   adapters.
+//! - [`services`]: one service per capability (commands, diagnostics, MCP, logs, MCP events
+//!   and health), used by both adapters.
 //! - [`exec`]: the exec engine (`/bin/sh -c` in a process group, both pipes under flow control).
 //! - [`policy`]: the command policy (pure: parse as dash would, judge each simple command).
 //! - [`docker`]: the Docker client seam (bollard).
 //! - [`agent`]: shared state with private fields: config, task tree, policy, audit, auth.
 //! - [`config`]: the configuration value (flags > env > file > defaults).
-//! - [`audit`], [`auth`], [`status`], [`logring`], [`text`]: the audit log (own writer thread),
-//!   bearer tokens and roles, heartbeat samples, the agent's recent log lines, and UTF-8-safe
-//!   output chunking shared by both adapters.
+//! - [`audit`], [`auth`], [`status`], [`logring`], [`text`], [`backoff`]: the audit log (own
+//!   writer thread), bearer tokens and roles, heartbeat samples, the agent's recent log lines,
+//!   UTF-8-safe output chunking shared by both adapters, and the retry backoff (channel
+//!   reconnects, Docker event feed).
 #![forbid(unsafe_code)]
 
 pub mod agent;
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod backoff;
 pub mod channel;
 pub mod config;
 pub mod docker;
@@ -49,7 +51,7 @@ use services::Services;
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// What this agent announces in `hello`.
-pub const CAPABILITIES: [&str; 8] = [
+pub const CAPABILITIES: [&str; 9] = [
     "exec",
     "cancel",
     "ping",
@@ -58,6 +60,7 @@ pub const CAPABILITIES: [&str; 8] = [
     "mcp",
     "logs",
     "diagnostics",
+    "events",
 ];
 
 /// How long shutdown waits for the backend to acknowledge the final events.
@@ -65,11 +68,17 @@ const FINAL_EVENTS_WAIT: Duration = Duration::from_secs(2);
 
 /// Current UTC time as RFC 3339 with milliseconds (`2025-01-20T10:30:00.000Z`).
 pub fn now_rfc3339() -> String {
-    let now = time::OffsetDateTime::now_utc();
+    rfc3339(time::OffsetDateTime::now_utc())
+}
+
+/// A time as RFC 3339 in UTC with milliseconds (`2025-01-20T10:30:00.000Z`).
+pub fn rfc3339(t: time::OffsetDateTime) -> String {
     let fmt = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
     );
-    now.format(&fmt).unwrap_or_default()
+    t.to_offset(time::UtcOffset::UTC)
+        .format(&fmt)
+        .unwrap_or_default()
 }
 
 /// Random id of this process start, sent in `hello`.
@@ -169,6 +178,11 @@ pub async fn start_with_logs(
         })
         .run();
     let http_task = tokio::spawn(server);
+    // The Docker event watcher and the liveness monitor of MCP servers, until shutdown.
+    agent.spawn({
+        let services = services.clone();
+        async move { services.events.run().await }
+    });
     // Leftovers of MCP deploys an earlier agent (or daemon) did not finish; Docker may be down.
     agent.spawn({
         let services = services.clone();
@@ -188,9 +202,13 @@ pub async fn start_with_logs(
     let done = tokio::spawn({
         let agent = agent.clone();
         let channel = channel.clone();
+        let services = services.clone();
         async move {
             shutdown.cancelled().await;
             info!("Shutdown requested.");
+            // Event streams have no natural end: they end now (`shutting_down`), with the
+            // watcher and the monitor, so the drain below waits only for finite work.
+            services.events.shutdown();
             agent.drain(agent.config().shutdown_grace).await;
             if let Some(c) = &channel {
                 c.flush(FINAL_EVENTS_WAIT).await;

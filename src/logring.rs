@@ -1,7 +1,8 @@
 //! The agent's own recent log lines, kept in memory for `GET /diagnostics/logs`.
 //!
 //! A tracing layer formats each event as one line (`time LEVEL target: message key=value ...`)
-//! into a bounded ring. Secrets cannot appear: no code logs them (config holds them as `Secret`).
+//! into a bounded ring. Secrets cannot appear: no code of the agent logs them (config holds them
+//! as `Secret`), and [`filter`] keeps out the one dependency that would (bollard).
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
@@ -9,6 +10,19 @@ use std::sync::{Arc, Mutex};
 
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::Context;
+
+/// The log filter: `RUST_LOG` (default `info`), except that bollard never logs below `info`
+/// whatever `RUST_LOG` asks. At `debug` it logs whole request bodies, and a container's creation
+/// body holds its environment: an MCP server's secrets.
+pub fn filter(rust_log: Option<&str>) -> tracing_subscriber::EnvFilter {
+    let base = rust_log
+        .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+    match "bollard=info".parse() {
+        Ok(cap) => base.add_directive(cap),
+        Err(_) => base,
+    }
+}
 
 /// Lines kept at most.
 pub const CAPACITY: usize = 10_000;
@@ -77,6 +91,31 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for RingLayer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bollard_never_logs_below_info_whatever_rust_log_says() {
+        use tracing_subscriber::layer::SubscriberExt;
+        for rust_log in [
+            None,
+            Some("debug"),
+            Some("trace,bollard=trace"),
+            Some("bollard=debug"),
+        ] {
+            let subscriber = tracing_subscriber::registry().with(filter(rust_log));
+            tracing::subscriber::with_default(subscriber, || {
+                assert!(
+                    !tracing::enabled!(target: "bollard::docker", tracing::Level::DEBUG),
+                    "{rust_log:?}"
+                );
+                assert!(tracing::enabled!(target: "bollard::docker", tracing::Level::INFO));
+            });
+        }
+        // The agent's own debug logs still follow RUST_LOG.
+        let subscriber = tracing_subscriber::registry().with(filter(Some("debug")));
+        tracing::subscriber::with_default(subscriber, || {
+            assert!(tracing::enabled!(target: "dtma::services", tracing::Level::DEBUG));
+        });
+    }
 
     #[test]
     fn keeps_the_last_lines() {

@@ -22,9 +22,9 @@ fn main() -> ExitCode {
     // Logs go to stderr and into an in-memory ring that `/diagnostics/logs` serves.
     let logs = dtma::logring::LogRing::new();
     tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with(dtma::logring::filter(
+            std::env::var("RUST_LOG").ok().as_deref(),
+        ))
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)

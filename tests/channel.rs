@@ -400,27 +400,6 @@ async fn output_that_is_not_utf8_arrives_unchanged() {
 }
 
 #[tokio::test]
-async fn placeholder_requests_answer_not_implemented() {
-    let cp = Cp::start(Options::default()).await;
-    let _agent = InProc::start(agent_config("a7", cp.url())).await;
-    within(10, "agent connect", cp.cp.wait_for_agent("a7")).await;
-    for (kind, fields) in [("mcp_events", serde_json::json!({}))] {
-        let id = format!("ph-{kind}");
-        let mut fields = fields;
-        fields["type"] = kind.into();
-        let body: RequestBody = serde_json::from_value(fields).unwrap();
-        let mut s = cp.cp.request_with_id("a7", id, None, body).unwrap();
-        match within(10, "placeholder", s.recv()).await {
-            Some(AgentMessage::Error(e)) => {
-                assert_eq!(e.code, ErrorCode::NotImplemented);
-                assert!(e.message.contains(kind));
-            }
-            other => panic!("{kind}: {other:?}"),
-        }
-    }
-}
-
-#[tokio::test]
 async fn output_cap_and_timeout_are_reported() {
     let cp = Cp::start(Options::default()).await;
     let _agent = InProc::start(agent_config("a8", cp.url())).await;

@@ -664,3 +664,87 @@ async fn deploy_progress_streams_over_http() {
     assert!(!text.contains(SECRET));
     agent.shutdown().await;
 }
+
+/// The real binary, logging at debug level: after a deploy, a failed deploy (with its rollback
+/// and messages) and a status, no environment value is in its log, its log ring or its answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_the_agents_log() {
+    use tokio::io::AsyncBufReadExt;
+    let g = unique("grp");
+    let _guard = GroupGuard(g.clone());
+    let port = free_port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_dtma"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DTMA_BEARER_TOKEN", TOKEN)
+        .env("DTMA_AGENT_ID", unique("agent"))
+        .env("DTMA_LISTEN", format!("127.0.0.1:{port}"))
+        .env("DTMA_MCP_NETWORK", "host")
+        .env("DTMA_AUDIT_LOG", "-")
+        .env("RUST_LOG", "debug")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Read the log all along (a full pipe would stall the agent), and say when it listens.
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let (listening_tx, listening) = tokio::sync::oneshot::channel();
+    let reader = tokio::spawn(async move {
+        let mut log = String::new();
+        let mut listening_tx = Some(listening_tx);
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("Local API listening")
+                && let Some(tx) = listening_tx.take()
+            {
+                let _ = tx.send(());
+            }
+            log.push_str(&line);
+            log.push('\n');
+        }
+        log
+    });
+    within(20, "the agent's start", listening).await.unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (a, b) = (unique("a"), unique("b"));
+    let r = post(
+        addr,
+        "/mcp/groups",
+        &group(&g, vec![server(&a, free_port(), "discover")]),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let mut bad = server(&b, free_port(), "http-only");
+    bad["readinessTimeoutMs"] = 1000.into();
+    let r = post(
+        addr,
+        "/mcp/groups",
+        &group(&g, vec![server(&a, free_port(), "legacy"), bad]),
+    )
+    .await;
+    assert_eq!(r.status, 500);
+    let mut answers = String::from_utf8_lossy(&r.body).into_owned();
+    assert!(
+        !answers.contains(SECRET),
+        "the failed deploy's answer carries the secret"
+    );
+    for path in ["/mcp/status", "/status", "/diagnostics/logs?lines=10000"] {
+        let body = String::from_utf8_lossy(&call(addr, "GET", path).await.body).into_owned();
+        if let Some(i) = body.find(SECRET) {
+            panic!(
+                "{path} carries the secret: …{}…",
+                &body[i.saturating_sub(300)..(i + 50).min(body.len())]
+            );
+        }
+        answers.push_str(&body);
+    }
+    assert!(
+        answers.contains("Exec") || answers.contains(&g),
+        "the log ring is not empty"
+    );
+    child.start_kill().unwrap();
+    let log = within(20, "the agent's log", reader).await.unwrap();
+    assert!(log.contains(&g), "the log names the group: {log}");
+    assert!(!log.contains(SECRET), "the agent's log carries the secret");
+}

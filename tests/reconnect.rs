@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use dtma::agent::Agent;
-use dtma::channel::backoff::Backoff;
+use dtma::backoff::Backoff;
 use dtma::channel::{Channel, Dialer};
 use dtma::config::{ChannelConfig, Config};
 use dtma::services::Services;

@@ -200,10 +200,7 @@ pub async fn dispatch(channel: &Arc<Channel>, req: Request) -> Option<AgentMessa
                     .map_err(mcp_error)
             })
         }
-        (RequestBody::McpEvents(_), _) => stream.fail(
-            ErrorCode::NotImplemented,
-            format!("`{kind}` is part of the protocol but not served by this agent build yet"),
-        ),
+        (RequestBody::McpEvents(_), _) => super::events::spawn(channel, stream, token),
         (_, _) => stream.fail(
             ErrorCode::Internal,
             format!("`{kind}` was prepared for another request type (an agent bug)"),
@@ -289,7 +286,7 @@ where
 
 /// Ends its stream with `internal` when dropped before the stream ended (a panic unwinding).
 /// After a normal end it changes nothing: a finished stream takes no more events.
-struct EndsStream(Arc<StreamHandle>);
+pub(super) struct EndsStream(pub(super) Arc<StreamHandle>);
 
 impl Drop for EndsStream {
     fn drop(&mut self) {

@@ -8,13 +8,13 @@
 //!
 //! - [`session`]: one connection: handshake, reader, writer, keepalive, heartbeat.
 //! - [`handlers`]: one handler per request type, behind `dispatch` (decode → service → encode).
+//! - [`events`]: the `mcp_events` stream (resync, live events, coalescing when full).
 //! - [`streams`]: per-request event streams: sequencing, unacked buffer, credit, resend.
 //! - [`tls`]: dialling (TCP, rustls, WebSocket upgrade with the bearer token).
-//! - [`backoff`]: capped exponential backoff with full jitter.
 //!
 //! **Invariant:** one session at a time; the registry outlives sessions.
 
-pub mod backoff;
+pub mod events;
 pub mod handlers;
 pub mod session;
 pub mod streams;
@@ -29,9 +29,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::agent::Agent;
+use crate::backoff::Backoff;
 use crate::config::{ChannelConfig, Secret};
 use crate::services::Services;
-use backoff::Backoff;
 use session::SessionEnd;
 use streams::Registry;
 

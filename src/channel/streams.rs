@@ -452,6 +452,31 @@ impl StreamHandle {
         g.streams.get(&self.id).is_none_or(|s| s.finished)
     }
 
+    /// Whether the unacknowledged events fill the stream's buffer (`DTMA_STREAM_BUFFER_BYTES`).
+    /// A gone stream counts as full: nothing more should be produced for it.
+    pub fn buffer_full(&self) -> bool {
+        let cap = self.registry.limits.buffer_bytes;
+        let g = self.registry.lock();
+        g.streams.get(&self.id).is_none_or(|s| s.buffered >= cap)
+    }
+
+    /// Wait until acknowledgements leave at least half of the stream's buffer free.
+    pub async fn wait_half_free(&self) {
+        let half = self.registry.limits.buffer_bytes / 2;
+        loop {
+            let notified = self.space.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let g = self.registry.lock();
+                if g.streams.get(&self.id).is_none_or(|s| s.buffered <= half) {
+                    return;
+                }
+            }
+            notified.await;
+        }
+    }
+
     /// Wait for credit and buffer space; reserve up to `want` bytes.
     pub async fn reserve(&self, want: usize) -> usize {
         let cap = self.registry.limits.buffer_bytes;
@@ -588,6 +613,33 @@ mod tests {
                 ..
             }))
         ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_buffer_waits_for_acks_to_free_half_of_it() {
+        let reg = Registry::new(StreamLimits {
+            buffer_bytes: 100,
+            ..StreamLimits::default()
+        });
+        reg.connected(&[], None);
+        let h = reg.open("r", None, CancellationToken::new()).unwrap();
+        let mut seq = 0;
+        while !h.buffer_full() {
+            h.push(|s| {
+                AgentMessage::Result(dtma_protocol::ResultEvent {
+                    id: "r".into(),
+                    seq: s,
+                    data: serde_json::json!(0),
+                })
+            });
+            seq += 1;
+        }
+        assert!(seq > 1, "a full buffer takes several events");
+        let pending = tokio::time::timeout(std::time::Duration::from_secs(60), h.wait_half_free());
+        assert!(pending.await.is_err(), "nothing acknowledged: no room");
+        reg.ack("r", seq - 1);
+        assert!(!h.buffer_full());
+        h.wait_half_free().await;
     }
 
     #[tokio::test(start_paused = true)]

@@ -71,6 +71,9 @@ pub struct Config {
     pub docker_socket: String,
     /// Network mode of MCP server containers (`DTMA_MCP_NETWORK`); `None`: Docker's default.
     pub mcp_network: Option<String>,
+    /// Period of the liveness check of running HTTP/SSE MCP servers
+    /// (`DTMA_MCP_LIVENESS_INTERVAL_MS`).
+    pub mcp_liveness_interval: Duration,
 }
 
 /// A local API token from the config file.
@@ -242,6 +245,7 @@ pub const DEFAULT_WS_PATH: &str = "dtma/connect";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:30000";
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_DOCKER_SOCKET: &str = "unix:///var/run/docker.sock";
+pub const DEFAULT_MCP_LIVENESS_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_AUDIT_LOG: &str = "/var/log/dtma/audit.jsonl";
 
 /// Where configuration values come from. Tests build one from maps.
@@ -358,6 +362,7 @@ impl Config {
             },
             docker_socket: DEFAULT_DOCKER_SOCKET.to_owned(),
             mcp_network: None,
+            mcp_liveness_interval: DEFAULT_MCP_LIVENESS_INTERVAL,
         }
     }
 }

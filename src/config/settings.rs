@@ -360,6 +360,16 @@ pub struct Settings {
         help_heading = "Audit and Docker"
     )]
     pub mcp_network: Option<String>,
+    /// How often the agent checks that each running HTTP/SSE MCP server still answers the MCP
+    /// handshake; three failures in a row make it `degraded`.
+    #[arg(
+        long,
+        env = "DTMA_MCP_LIVENESS_INTERVAL_MS",
+        value_name = "MS",
+        default_value = "30000",
+        help_heading = "Audit and Docker"
+    )]
+    pub mcp_liveness_interval_ms: Option<u64>,
 
     /// Local API tokens beyond the two seed tokens (config file only).
     #[arg(skip)]

@@ -77,6 +77,7 @@ impl Resolved {
         let max_streams = c.size(setting!(s.max_streams));
         let http_max_concurrent = c.size(setting!(s.http_max_concurrent));
         let audit_max_bytes = c.count(setting!(s.audit_max_bytes));
+        let mcp_liveness_interval = c.millis(setting!(s.mcp_liveness_interval_ms));
         if backoff_cap < backoff_base {
             let (cap, base) = (c.name("backoff_cap_ms"), c.name("backoff_base_ms"));
             c.problems.push(format!("{cap} must not be below {base}"));
@@ -212,6 +213,7 @@ impl Resolved {
             audit,
             docker_socket,
             mcp_network: s.mcp_network.clone().filter(|n| !n.is_empty()),
+            mcp_liveness_interval,
         })
     }
 

@@ -1,9 +1,11 @@
 //! The Docker client seam (bollard over the local socket): the read-only questions the local
 //! API and the heartbeat ask (here), the container operations MCP deployment needs
-//! ([`containers`]), a container's log as a stream of timestamped messages ([`logs`]), and the
-//! MCP readiness probe of deployed servers ([`ready`], an HTTP client of the containers).
+//! ([`containers`]), a container's log as a stream of timestamped messages ([`logs`]), the event
+//! feed of managed containers ([`events`]), and the MCP readiness probe of deployed servers
+//! ([`ready`], an HTTP client of the containers).
 
 pub mod containers;
+pub mod events;
 pub mod logs;
 pub mod ready;
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use sysinfo::{Disks, ProcessesToUpdate, System};
 
+use super::health::HealthBook;
 use crate::agent::Agent;
 use crate::docker::{self, ContainerInfo};
 
@@ -31,11 +32,13 @@ pub enum Error {
 
 pub struct DiagnosticsService {
     agent: Arc<Agent>,
+    /// Each MCP server's monitored state, for the heartbeat.
+    health: Arc<HealthBook>,
 }
 
 impl DiagnosticsService {
-    pub fn new(agent: Arc<Agent>) -> DiagnosticsService {
-        DiagnosticsService { agent }
+    pub fn new(agent: Arc<Agent>, health: Arc<HealthBook>) -> DiagnosticsService {
+        DiagnosticsService { agent, health }
     }
 
     /// `GET /diagnostics/system`: sampled off the reactor (sysinfo reads /proc).
@@ -75,7 +78,14 @@ impl DiagnosticsService {
         let Ok(Ok(list)) = list else {
             return Vec::new();
         };
-        list.into_iter().map(tool_status).collect()
+        list.into_iter()
+            .map(|c| {
+                // A paused container still runs (as `docker inspect` says).
+                let running = matches!(c.state.as_str(), "running" | "paused");
+                let state = self.health.monitored(&c.id, running);
+                tool_status(c, state)
+            })
+            .collect()
     }
 
     /// The channel's `status` heartbeat; `streams` is the channel's (running, held) count.
@@ -94,7 +104,22 @@ impl DiagnosticsService {
 }
 
 /// A container as a tool instance of the backend's (`status_on_toolbox` in its vocabulary).
-pub fn tool_status(c: ContainerInfo) -> dtma_protocol::ToolStatus {
+/// `state`, the server's monitored state, goes into `runtime_details.server_state` when known.
+pub fn tool_status(
+    c: ContainerInfo,
+    state: Option<dtma_protocol::ServerState>,
+) -> dtma_protocol::ToolStatus {
+    let mut runtime_details = serde_json::json!({
+        "container_id": c.id,
+        "image": c.image,
+        "state": c.state,
+        "status": c.status,
+        "ports": c.ports,
+        "created": c.created,
+    });
+    if let Some(state) = state {
+        runtime_details["server_state"] = serde_json::json!(state);
+    }
     dtma_protocol::ToolStatus {
         account_tool_instance_id: c
             .labels
@@ -109,14 +134,7 @@ pub fn tool_status(c: ContainerInfo) -> dtma_protocol::ToolStatus {
             _ => "error",
         }
         .to_owned(),
-        runtime_details: serde_json::json!({
-            "container_id": c.id,
-            "image": c.image,
-            "state": c.state,
-            "status": c.status,
-            "ports": c.ports,
-            "created": c.created,
-        }),
+        runtime_details,
         instance_name_on_toolbox: c.name,
     }
 }
@@ -265,7 +283,7 @@ async fn console_status(a: &Agent) -> serde_json::Value {
         Ok(list) => (
             list.into_iter()
                 .map(|c| {
-                    let t = tool_status(c);
+                    let t = tool_status(c, None);
                     let d = &t.runtime_details;
                     serde_json::json!({
                         "account_tool_instance_id": t.account_tool_instance_id,

@@ -9,6 +9,8 @@
 
 pub mod commands;
 pub mod diagnostics;
+pub mod events;
+pub mod health;
 pub mod logs;
 pub mod mcp;
 
@@ -18,6 +20,7 @@ use crate::agent::Agent;
 
 pub use commands::CommandService;
 pub use diagnostics::DiagnosticsService;
+pub use events::EventsService;
 pub use logs::LogsService;
 pub use mcp::McpService;
 
@@ -28,15 +31,19 @@ pub struct Services {
     pub diagnostics: DiagnosticsService,
     pub logs: LogsService,
     pub mcp: McpService,
+    pub events: EventsService,
 }
 
 impl Services {
     pub fn new(agent: Arc<Agent>) -> Arc<Services> {
+        // Each server's monitored health: kept by the events service, read by the others.
+        let health = Arc::new(health::HealthBook::default());
         Arc::new(Services {
             commands: CommandService::new(agent.clone()),
-            diagnostics: DiagnosticsService::new(agent.clone()),
+            diagnostics: DiagnosticsService::new(agent.clone(), health.clone()),
             logs: LogsService::new(agent.clone()),
-            mcp: McpService::new(agent.clone()),
+            mcp: McpService::new(agent.clone(), health.clone()),
+            events: EventsService::new(agent.clone(), health),
             agent,
         })
     }

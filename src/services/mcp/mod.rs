@@ -18,6 +18,7 @@ use dtma_protocol::{
 };
 use futures_util::FutureExt;
 
+use super::health::HealthBook;
 use super::{Origin, ShuttingDown, admit};
 use crate::agent::{Agent, role_name};
 use crate::audit::Record;
@@ -26,6 +27,7 @@ use crate::docker::spec::{self, SpecError};
 use crate::policy::Role;
 
 pub use plan::GroupSpec;
+pub(crate) use plan::is_aside;
 
 /// Seconds a container gets between SIGTERM and SIGKILL when the agent stops it.
 pub const STOP_GRACE_S: i32 = 10;
@@ -122,6 +124,8 @@ impl GroupLocks {
 
 pub struct McpService {
     agent: Arc<Agent>,
+    /// The monitored state of each server (`services::health`), which `status` reports.
+    health: Arc<HealthBook>,
     locks: Arc<GroupLocks>,
 }
 
@@ -129,9 +133,10 @@ pub struct McpService {
 const CLEANUP_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl McpService {
-    pub fn new(agent: Arc<Agent>) -> McpService {
+    pub fn new(agent: Arc<Agent>, health: Arc<HealthBook>) -> McpService {
         McpService {
             agent,
+            health,
             locks: Arc::default(),
         }
     }
@@ -338,7 +343,11 @@ impl McpService {
                 .get(spec::LABEL_GROUP_ID)
                 .cloned()
                 .unwrap_or_default();
-            groups.entry(group).or_default().push(server_status(c));
+            let mut status = server_status(c);
+            if let Some(state) = self.health.monitored(&c.id, c.running) {
+                status.state = state;
+            }
+            groups.entry(group).or_default().push(status);
         }
         let mut table = String::from("NAMES\t\t\tSTATUS\t\tPORTS\n");
         for servers in groups.values_mut() {
@@ -532,7 +541,7 @@ pub(crate) fn port_mappings(c: &Inspected) -> Vec<PortMapping> {
 }
 
 /// The server's state as far as Docker tells it (readiness is probed at deploy and restart).
-fn observed_state(c: &Inspected) -> ServerState {
+pub(crate) fn observed_state(c: &Inspected) -> ServerState {
     if c.restarting {
         return ServerState::CrashLooping;
     }

@@ -1,4 +1,5 @@
-//! Reconnect backoff: capped exponential envelope (from `backon`) with full jitter.
+//! Retry backoff: capped exponential envelope (from `backon`) with full jitter. Used by the
+//! channel's reconnect loop and by the Docker event watcher's re-subscription.
 //!
 //! `backon` gives the envelope `base, 2*base, 4*base, ... cap`; each actual delay is uniform in
 //! `[0, envelope]` ("full jitter": many agents that lost the same backend do not return in
