@@ -748,3 +748,62 @@ async fn secrets_never_reach_the_agents_log() {
     assert!(log.contains(&g), "the log names the group: {log}");
     assert!(!log.contains(SECRET), "the agent's log carries the secret");
 }
+
+/// A redeploy with one server changed replaces that one only; two deploys of one group at the
+/// same time run one after the other (the second finds the first's result and changes nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_server_alone_is_replaced_and_deploys_of_a_group_are_serialised() {
+    let g = unique("grp");
+    let _guard = GroupGuard(g.clone());
+    let agent = InProc::start(config(None)).await;
+    let addr = agent.running.as_ref().unwrap().http_addr;
+    let (a, b) = (unique("a"), unique("b"));
+    let (port_a, port_b) = (free_port(), free_port());
+    let body = group(
+        &g,
+        vec![server(&a, port_a, "discover"), server(&b, port_b, "legacy")],
+    );
+    let (r1, r2) = tokio::join!(
+        post(addr, "/mcp/groups", &body),
+        post(addr, "/mcp/groups", &body)
+    );
+    let outcomes = [r1.json()["outcome"].clone(), r2.json()["outcome"].clone()];
+    assert!(
+        outcomes.contains(&"deployed".into()) && outcomes.contains(&"unchanged".into()),
+        "{outcomes:?}"
+    );
+    let before_a = container_state(&format!("dtma-mcp-{a}")).unwrap();
+    let before_b = container_state(&format!("dtma-mcp-{b}")).unwrap();
+
+    let mut changed_b = server(&b, port_b, "legacy");
+    changed_b["environmentVariables"]["EXTRA"] = "2".into();
+    let r = post(
+        addr,
+        "/mcp/groups",
+        &group(&g, vec![server(&a, port_a, "discover"), changed_b]),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let j = r.json();
+    let action = |n: &str| {
+        j["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["instance_name"] == n)
+            .map(|s| s["action"].clone())
+            .unwrap()
+    };
+    assert_eq!(action(&a), "unchanged", "{j}");
+    assert_eq!(action(&b), "replaced", "{j}");
+    assert_eq!(container_state(&format!("dtma-mcp-{a}")).unwrap(), before_a);
+    let after_b = container_state(&format!("dtma-mcp-{b}")).unwrap();
+    assert_ne!(after_b.0, before_b.0, "b runs in a new container");
+    assert!(after_b.2);
+    assert_eq!(
+        group_containers(&g),
+        [format!("dtma-mcp-{a}"), format!("dtma-mcp-{b}")],
+        "nothing set aside is left"
+    );
+    agent.shutdown().await;
+}
