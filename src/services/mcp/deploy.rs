@@ -131,21 +131,11 @@ pub(super) async fn run(
         .collect::<Vec<_>>()
         .await;
     if let Some(Err(e)) = pulls.into_iter().find(Result::is_err) {
-        let servers = group
-            .servers
-            .iter()
-            .zip(&actions)
-            .map(|(s, a)| match a {
-                Action::Unchanged(c) => outcome(
-                    s,
-                    ServerAction::Unchanged,
-                    Some(c.id.clone()),
-                    port_mappings(c),
-                ),
-                _ => outcome(s, ServerAction::NotStarted, None, Vec::new()),
-            })
-            .collect();
-        return Err(failed(&group.group_id, e, servers));
+        return Err(failed(
+            &group.group_id,
+            e,
+            untouched(&group.servers, &actions),
+        ));
     }
 
     // 3. Apply.
@@ -217,20 +207,7 @@ pub(super) async fn run(
             group.servers[bad.index].instance_name,
             bad.result.as_ref().err().map_or("", String::as_str)
         );
-        let mut servers: Vec<ServerOutcome> = group
-            .servers
-            .iter()
-            .zip(&actions)
-            .map(|(s, a)| match a {
-                Action::Unchanged(c) => outcome(
-                    s,
-                    ServerAction::Unchanged,
-                    Some(c.id.clone()),
-                    port_mappings(c),
-                ),
-                _ => outcome(s, ServerAction::NotStarted, None, Vec::new()),
-            })
-            .collect();
+        let mut servers = untouched(&group.servers, &actions);
         for a in &applied {
             let s = &group.servers[a.index];
             let action = rollback(docker, s, a, sink.as_ref()).await;
@@ -707,6 +684,24 @@ fn outcome(
         endpoint,
         message: None,
     }
+}
+
+/// Each server as it stands before anything was applied: unchanged ones as they run, the others
+/// not started.
+fn untouched(servers: &[ServerSpec], actions: &[Action]) -> Vec<ServerOutcome> {
+    servers
+        .iter()
+        .zip(actions)
+        .map(|(s, a)| match a {
+            Action::Unchanged(c) => outcome(
+                s,
+                ServerAction::Unchanged,
+                Some(c.id.clone()),
+                port_mappings(c),
+            ),
+            _ => outcome(s, ServerAction::NotStarted, None, Vec::new()),
+        })
+        .collect()
 }
 
 fn failed(group_id: &str, why: String, servers: Vec<ServerOutcome>) -> McpError {

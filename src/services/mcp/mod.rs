@@ -196,6 +196,20 @@ impl McpService {
             .await;
     }
 
+    /// Authorize, run `work`, and audit how it ended.
+    async fn audited<T>(
+        &self,
+        origin: &Origin,
+        action: &str,
+        target: &str,
+        work: impl Future<Output = Result<T, McpError>>,
+    ) -> Result<T, McpError> {
+        self.authorize(origin, action, target).await?;
+        let result = work.await;
+        self.audit_end(origin, action, target, &result).await;
+        result
+    }
+
     /// The audit record of how a change ended: `finished`, with the outcome as its rule.
     async fn audit_end<T>(
         &self,
@@ -270,11 +284,13 @@ impl McpService {
         group_id: &str,
         sink: Arc<dyn ProgressSink>,
     ) -> Result<RemoveResult, McpError> {
-        self.authorize(origin, "mcp_remove", group_id).await?;
-        let result = self.remove_group(group_id, sink).await;
-        self.audit_end(origin, "mcp_remove", group_id, &result)
-            .await;
-        result
+        self.audited(
+            origin,
+            "mcp_remove",
+            group_id,
+            self.remove_group(group_id, sink),
+        )
+        .await
     }
 
     async fn remove_group(
@@ -390,11 +406,13 @@ impl McpService {
         instance: &str,
         sink: Arc<dyn ProgressSink>,
     ) -> Result<RestartResult, McpError> {
-        self.authorize(origin, "mcp_restart", instance).await?;
-        let result = self.restart_server(instance, sink).await;
-        self.audit_end(origin, "mcp_restart", instance, &result)
-            .await;
-        result
+        self.audited(
+            origin,
+            "mcp_restart",
+            instance,
+            self.restart_server(instance, sink),
+        )
+        .await
     }
 
     async fn restart_server(
