@@ -6,6 +6,16 @@ use dtma::config::{Action, Config, Sources};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
+    // The hidden launcher the agent runs in front of every sandboxed command (src/exec/sandbox.rs).
+    let mut args = std::env::args_os().skip(1);
+    if args.next().as_deref() == Some(std::ffi::OsStr::new(dtma::exec::sandbox::SUBCOMMAND)) {
+        let error = match dtma::exec::sandbox::Launch::parse(args) {
+            Ok(launch) => dtma::exec::sandbox::exec(&launch),
+            Err(e) => e,
+        };
+        eprintln!("dtma sandbox-exec: {error}");
+        return ExitCode::from(error.exit_code());
+    }
     let config = match Config::load(&Sources::from_process()) {
         Ok(Action::Run(config)) => *config,
         Ok(Action::Print(text)) => {
@@ -33,6 +43,8 @@ fn main() -> ExitCode {
         .with(dtma::logring::RingLayer(logs.clone()))
         .init();
     dtma::raise_fd_limit();
+    let landlock = dtma::exec::sandbox::describe(dtma::exec::sandbox::landlock_status());
+    tracing::info!(%landlock, sandbox = config.exec.sandbox.enforce, "Kernel sandbox.");
     tracing::info!(version = dtma::VERSION, config = ?config, "Starting.");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -147,6 +147,48 @@ pub struct ExecLimits {
     pub rlimits: Rlimits,
     /// Commands the local API runs at once; more get 429 (the channel has `max_streams`).
     pub http_max_concurrent: usize,
+    /// The kernel sandbox commands run under (`src/exec/sandbox.rs`).
+    pub sandbox: SandboxConfig,
+}
+
+/// Default users of the unprivileged sandbox profiles (created by the package).
+pub const DEFAULT_DIAGNOSTICS_USER: &str = "dtma-diagnostics";
+pub const DEFAULT_OPERATOR_USER: &str = "dtma-operator";
+
+/// The kernel sandbox of commands (`DTMA_SANDBOX*`).
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// `false` (`DTMA_SANDBOX=off`): commands run unconfined, as today.
+    pub enforce: bool,
+    pub diagnostics_user: String,
+    pub operator_user: String,
+    pub accept_no_landlock: bool,
+    /// The launcher: the agent's own binary (`/proc/self/exe`); tests point it at the built
+    /// `dtma` because their process is the test binary.
+    pub launcher: PathBuf,
+    /// The agent's own files no command may read or write: credentials, token files, the
+    /// config file, the audit log's directory.
+    pub protect: Vec<PathBuf>,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            enforce: false,
+            diagnostics_user: DEFAULT_DIAGNOSTICS_USER.to_owned(),
+            operator_user: DEFAULT_OPERATOR_USER.to_owned(),
+            accept_no_landlock: false,
+            launcher: PathBuf::from("/proc/self/exe"),
+            // The default audit log's directory, as `validate` derives it.
+            protect: AuditConfig::default()
+                .path
+                .as_deref()
+                .and_then(std::path::Path::parent)
+                .map(std::path::Path::to_path_buf)
+                .into_iter()
+                .collect(),
+        }
+    }
 }
 
 /// Per-command resource limits; `None` leaves the agent's own limit.
@@ -197,6 +239,7 @@ impl Default for ExecLimits {
             run_as: None,
             rlimits: Rlimits::default(),
             http_max_concurrent: 64,
+            sandbox: SandboxConfig::default(),
         }
     }
 }

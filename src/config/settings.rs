@@ -284,6 +284,45 @@ pub struct Settings {
         help_heading = "Command execution"
     )]
     pub exec_rlimit_nproc: Option<u64>,
+    /// `enforce`: every command runs under its role's kernel sandbox (`dtma sandbox-exec`:
+    /// user, no capabilities, Landlock, seccomp); `off`: as the agent's user, unconfined. `off`
+    /// is the default of this release; `enforce` will become the default.
+    #[arg(
+        long,
+        env = "DTMA_SANDBOX",
+        value_name = "off|enforce",
+        default_value = "off",
+        help_heading = "Command execution"
+    )]
+    pub sandbox: Option<String>,
+    /// User of the `diagnostics` sandbox profile (must exist; never root).
+    #[arg(
+        long,
+        env = "DTMA_SANDBOX_DIAGNOSTICS_USER",
+        value_name = "USER",
+        default_value = "dtma-diagnostics",
+        help_heading = "Command execution"
+    )]
+    pub sandbox_diagnostics_user: Option<String>,
+    /// User of the `operator` sandbox profile (must exist; never root).
+    #[arg(
+        long,
+        env = "DTMA_SANDBOX_OPERATOR_USER",
+        value_name = "USER",
+        default_value = "dtma-operator",
+        help_heading = "Command execution"
+    )]
+    pub sandbox_operator_user: Option<String>,
+    /// `true`: on a kernel without Landlock, run the diagnostics and operator profiles with
+    /// the user switch and seccomp only, instead of refusing their commands.
+    #[arg(
+        long,
+        env = "DTMA_SANDBOX_ACCEPT_NO_LANDLOCK",
+        value_name = "BOOL",
+        default_value = "false",
+        help_heading = "Command execution"
+    )]
+    pub sandbox_accept_no_landlock: Option<bool>,
     /// How long running commands may finish after SIGTERM before their groups are stopped.
     #[arg(
         long,

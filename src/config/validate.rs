@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::settings::{Names, Origin, Settings};
 use super::{
     AuditConfig, ChannelConfig, Config, DEFAULT_LISTEN, DEFAULT_WS_PATH, ExecLimits, PRLIMIT,
-    Rlimits, Secret, StreamLimits, TokenConfig, derive_ws_url,
+    Rlimits, SandboxConfig, Secret, StreamLimits, TokenConfig, derive_ws_url,
 };
 
 /// Settings overlaid from every source, ready to be checked.
@@ -112,6 +112,35 @@ impl Resolved {
             ));
         }
 
+        let sandbox_enforce = match s.sandbox.as_deref() {
+            Some("enforce") => true,
+            Some("off") | None => false,
+            Some(other) => {
+                let label = c.name("sandbox");
+                c.problems
+                    .push(format!("{label} must be `off` or `enforce`, got `{other}`"));
+                false
+            }
+        };
+        let mut sandbox_user = |id: &str, value: &Option<String>| {
+            let name = value.clone().unwrap_or_default();
+            let valid = !name.is_empty()
+                && name != "root"
+                && name
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch));
+            if !valid {
+                let label = c.name(id);
+                c.problems.push(format!(
+                    "{label} must name an unprivileged user (letters, digits, `._-`), got `{name}`"
+                ));
+            }
+            name
+        };
+        let diagnostics_user =
+            sandbox_user("sandbox_diagnostics_user", &s.sandbox_diagnostics_user);
+        let operator_user = sandbox_user("sandbox_operator_user", &s.sandbox_operator_user);
+
         let audit = AuditConfig {
             path: match s.audit_log.as_deref() {
                 Some("-") => None,
@@ -122,6 +151,31 @@ impl Resolved {
             ..AuditConfig::default()
         };
         let extra_tokens = c.tokens();
+        // The agent's own files, carved out of what sandboxed commands may read and write.
+        let mut protect: Vec<PathBuf> = [
+            s.credentials_directory.clone(),
+            s.bearer_token_file.clone(),
+            s.backend_api_key_file.clone(),
+            self.file.clone(),
+            audit
+                .path
+                .as_deref()
+                .and_then(Path::parent)
+                .filter(|p| !p.as_os_str().is_empty())
+                .map(Path::to_path_buf),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        protect.extend(s.tokens.iter().filter_map(|t| t.token_file.clone()));
+        let sandbox = SandboxConfig {
+            enforce: sandbox_enforce,
+            diagnostics_user,
+            operator_user,
+            accept_no_landlock: s.sandbox_accept_no_landlock.unwrap_or(false),
+            protect,
+            ..SandboxConfig::default()
+        };
         if let Err(e) = crate::policy::Policy::new(&s.policy) {
             c.problems.push(format!("[policy]: {e}"));
         }
@@ -198,6 +252,7 @@ impl Resolved {
                 run_as,
                 rlimits,
                 http_max_concurrent,
+                sandbox,
                 ..ExecLimits::default()
             },
             streams: StreamLimits {

@@ -4,6 +4,8 @@
 //! The engine knows nothing about WebSockets or HTTP: it reads pipes into an [`OutputSink`].
 //! The channel's sink applies credit and buffering; the local API's sink collects into memory.
 
+pub mod sandbox;
+
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::os::fd::AsFd;
@@ -77,6 +79,9 @@ pub struct ExecSpec {
     pub env: BTreeMap<String, String>,
     pub stdin: Option<Vec<u8>>,
     pub max_output: u64,
+    /// The sandbox profile the command runs under when the sandbox is on (`DTMA_SANDBOX`);
+    /// the caller's role sets it, [`ExecSpec::new`] starts from the least privileged.
+    pub profile: sandbox::Profile,
 }
 
 impl ExecSpec {
@@ -106,6 +111,7 @@ impl ExecSpec {
             env: BTreeMap::new(),
             stdin: None,
             max_output: max_output.unwrap_or(limits.default_max_output),
+            profile: sandbox::Profile::Diagnostics,
         })
     }
 
@@ -181,16 +187,34 @@ pub async fn run<S: OutputSink>(
 ) -> Result<Outcome, Error> {
     let start = Instant::now();
     let prlimit = limits.rlimits.prlimit_args();
-    let mut cmd = if prlimit.is_empty() {
-        Command::new("/bin/sh")
-    } else {
-        // prlimit sets the limits on itself and then execs the shell: same pid, same group.
-        let mut c = Command::new(crate::config::PRLIMIT);
-        c.args(&prlimit).arg("--").arg("/bin/sh");
-        c
-    };
-    cmd.arg("-c")
-        .arg(&spec.command)
+    // prlimit sets the limits on itself and then execs the shell: same pid, same group.
+    let mut program: Vec<OsString> = Vec::new();
+    if !prlimit.is_empty() {
+        program.push(crate::config::PRLIMIT.into());
+        program.extend(prlimit.iter().map(OsString::from));
+        program.push("--".into());
+    }
+    program.extend(["/bin/sh".into(), "-c".into(), OsString::from(&spec.command)]);
+    let sandbox = &limits.sandbox;
+    if sandbox.enforce {
+        // The launcher confines itself and execs the rest: same pid, same group.
+        let launch = sandbox::Launch {
+            profile: spec.profile,
+            user: match spec.profile {
+                sandbox::Profile::Diagnostics => Some(sandbox.diagnostics_user.clone()),
+                sandbox::Profile::Operator => Some(sandbox.operator_user.clone()),
+                sandbox::Profile::Admin => None,
+            },
+            protect: sandbox.protect.clone(),
+            accept_no_landlock: sandbox.accept_no_landlock,
+            program,
+        };
+        program = std::iter::once(sandbox.launcher.clone().into_os_string())
+            .chain(launch.to_args())
+            .collect();
+    }
+    let mut cmd = Command::new(&program[0]);
+    cmd.args(&program[1..])
         .process_group(0)
         .stdin(if spec.stdin.is_some() {
             Stdio::piped()
@@ -206,7 +230,8 @@ pub async fn run<S: OutputSink>(
     if let Some(cwd) = &spec.cwd {
         cmd.current_dir(cwd);
     }
-    if let Some((uid, gid)) = limits.run_as {
+    // The sandbox switches users itself (and needs root to do it).
+    if let Some((uid, gid)) = limits.run_as.filter(|_| !sandbox.enforce) {
         cmd.uid(uid).gid(gid);
     }
     let mut child = cmd.spawn().map_err(Error::Spawn)?;

@@ -14,6 +14,7 @@ use crate::agent::{Agent, role_name};
 use crate::audit::Record;
 use crate::auth::Caller;
 use crate::exec::{self, ExecSpec, Outcome, OutputSink};
+use crate::policy::Role;
 
 /// Which entry point a request came through (named in the audit log).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,14 +142,13 @@ async fn run<S: CommandSink>(
     let source = req.source.name();
     info!(source, request_id, "Exec started.");
     let config = agent.config();
-    let result = exec::run(
-        req.spec.clone(),
-        &config.exec,
-        &config.secrets,
-        sink,
-        cancel,
-    )
-    .await;
+    let mut spec = req.spec.clone();
+    spec.profile = match req.caller.role {
+        Role::Diagnostics => exec::sandbox::Profile::Diagnostics,
+        Role::Operator => exec::sandbox::Profile::Operator,
+        Role::Admin => exec::sandbox::Profile::Admin,
+    };
+    let result = exec::run(spec, &config.exec, &config.secrets, sink, cancel).await;
     drop(slot);
     match result {
         Ok(o) => {

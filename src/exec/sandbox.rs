@@ -1,0 +1,540 @@
+//! The kernel sandbox of a command: the launcher that `dtma sandbox-exec` runs before the shell.
+//!
+//! The agent spawns `/proc/self/exe sandbox-exec --profile P [--user U] [--protect PATH]... --
+//! /bin/sh -c CMD`; [`exec`] then, in this process and in this order: sets `no_new_privs`,
+//! empties the capability bounding set (while it still may), switches to the profile's user and
+//! groups (which leaves no capabilities for the unprivileged profiles; checked), applies a
+//! Landlock ruleset and a seccomp filter, and `exec`s the shell. The pid stays the same, so the
+//! engine's process group, timeouts and cancel are those of the shell.
+//!
+//! Landlock is an allow-list: a right granted on a directory covers everything beneath it. A
+//! path that must stay unreadable ("protected": the agent's credentials, config file, audit log
+//! directory, binary, and `/etc/shadow`, `/root`, `/run/credentials`) is therefore carved out by
+//! granting the rights on each *sibling* of the protected path and of each of its ancestors,
+//! instead of on `/`. Limits of that approach: the ancestors themselves cannot be listed
+//! (`ls /etc` fails while `cat /etc/passwd` works); an entry created in an ancestor after the
+//! launch is not covered; a protected file reachable through another path (a hard link, a bind
+//! mount) is readable there; `/proc/<pid>` of the agent is not carved out (other users cannot
+//! read it, and Landlock's ptrace rules keep a sandboxed process from reading the memory or
+//! environment of a process outside its domain).
+//!
+//! **Invariant:** nothing here imports an adapter or a service; a profile whose user does not
+//! exist is refused, never run as root.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+
+use landlock::{
+    ABI, Access, AccessFs, CompatLevel, Compatible, LandlockStatus, PathBeneath, PathFd, Ruleset,
+    RulesetAttr, RulesetCreated, RulesetCreatedAttr, RulesetStatus, Scope,
+};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+/// The subcommand's name (`dtma sandbox-exec ...`).
+pub const SUBCOMMAND: &str = "sandbox-exec";
+
+use crate::config::{
+    DEFAULT_DIAGNOSTICS_USER as DIAGNOSTICS_USER, DEFAULT_OPERATOR_USER as OPERATOR_USER,
+};
+
+/// Paths no profile may read or write, whatever the configuration.
+const ALWAYS_PROTECTED: &[&str] = &["/etc/shadow", "/etc/gshadow", "/root", "/run/credentials"];
+/// Scratch: the only places the unprivileged profiles may write.
+const SCRATCH: &[&str] = &["/tmp", "/var/tmp", "/dev/shm"];
+/// Character devices every shell writes to (`2>/dev/null`).
+const DEVICES: &[&str] = &["/dev/null", "/dev/zero", "/dev/full", "/dev/tty"];
+/// The Landlock ABI whose rights the rulesets handle: V5 (truncate, device ioctls); signal and
+/// abstract-socket scoping (V6) are added where the kernel has them.
+const LANDLOCK_ABI: ABI = ABI::V6;
+
+/// Exit codes of the launcher when it refuses to run the command (sysexits.h).
+pub const EXIT_USAGE: u8 = 64;
+pub const EXIT_NO_USER: u8 = 67;
+pub const EXIT_SANDBOX: u8 = 71;
+
+/// One profile per role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    Diagnostics,
+    Operator,
+    Admin,
+}
+
+impl Profile {
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::Diagnostics => "diagnostics",
+            Profile::Operator => "operator",
+            Profile::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Profile> {
+        match s {
+            "diagnostics" => Some(Profile::Diagnostics),
+            "operator" => Some(Profile::Operator),
+            "admin" => Some(Profile::Admin),
+            _ => None,
+        }
+    }
+
+    fn unprivileged(self) -> bool {
+        self != Profile::Admin
+    }
+}
+
+/// Why the launcher refused to run the command.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "usage: dtma sandbox-exec --profile <diagnostics|operator|admin> [--user USER] [--protect PATH]... [--accept-no-landlock] -- PROGRAM [ARG]...: {0}"
+    )]
+    Usage(String),
+    #[error(
+        "profile `{profile}`: no user named `{user}` (the package creates it; never run as root instead)"
+    )]
+    NoUser { profile: &'static str, user: String },
+    #[error(
+        "profile `{profile}` needs Landlock, which this kernel lacks ({status}); set DTMA_SANDBOX_ACCEPT_NO_LANDLOCK=true to accept the weaker sandbox"
+    )]
+    NoLandlock {
+        profile: &'static str,
+        status: String,
+    },
+    #[error("sandbox setup failed at {step}: {reason}")]
+    Setup { step: &'static str, reason: String },
+    #[error("cannot exec the command: {0}")]
+    Exec(std::io::Error),
+}
+
+impl Error {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Usage(_) => EXIT_USAGE,
+            Error::NoUser { .. } => EXIT_NO_USER,
+            Error::NoLandlock { .. } | Error::Setup { .. } => EXIT_SANDBOX,
+            // As a shell does for a program it cannot run.
+            Error::Exec(_) => 126,
+        }
+    }
+}
+
+fn setup(step: &'static str) -> impl FnOnce(String) -> Error {
+    move |reason| Error::Setup { step, reason }
+}
+
+/// The launcher's arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Launch {
+    pub profile: Profile,
+    /// The profile's user (ignored by `admin`); `None`: the default user of the profile.
+    pub user: Option<String>,
+    /// Paths beyond [`ALWAYS_PROTECTED`] that the command may neither read nor write.
+    pub protect: Vec<PathBuf>,
+    pub accept_no_landlock: bool,
+    pub program: Vec<OsString>,
+}
+
+impl Launch {
+    /// Parse the arguments after `sandbox-exec`.
+    pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Launch, Error> {
+        let mut args = args.into_iter();
+        let (mut profile, mut user, mut protect, mut accept) = (None, None, Vec::new(), false);
+        let value = |args: &mut dyn Iterator<Item = OsString>, flag: &str| {
+            args.next()
+                .ok_or_else(|| Error::Usage(format!("{flag} needs a value")))
+        };
+        while let Some(arg) = args.next() {
+            match arg.to_str() {
+                Some("--") => break,
+                Some("--profile") => {
+                    let v = value(&mut args, "--profile")?;
+                    profile = Some(
+                        v.to_str()
+                            .and_then(Profile::parse)
+                            .ok_or_else(|| Error::Usage(format!("unknown profile {v:?}")))?,
+                    );
+                }
+                Some("--user") => {
+                    let v = value(&mut args, "--user")?;
+                    let v = v
+                        .into_string()
+                        .map_err(|v| Error::Usage(format!("user {v:?} is not UTF-8")))?;
+                    user = Some(v);
+                }
+                Some("--protect") => protect.push(PathBuf::from(value(&mut args, "--protect")?)),
+                Some("--accept-no-landlock") => accept = true,
+                _ => return Err(Error::Usage(format!("unexpected argument {arg:?}"))),
+            }
+        }
+        let program: Vec<OsString> = args.collect();
+        let profile = profile.ok_or_else(|| Error::Usage("--profile is required".into()))?;
+        if program.is_empty() {
+            return Err(Error::Usage("no program after `--`".into()));
+        }
+        Ok(Launch {
+            profile,
+            user,
+            protect,
+            accept_no_landlock: accept,
+            program,
+        })
+    }
+
+    /// The arguments that [`Launch::parse`] reads back.
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut a: Vec<OsString> = vec![SUBCOMMAND.into(), "--profile".into()];
+        a.push(self.profile.name().into());
+        if let Some(u) = &self.user {
+            a.extend(["--user".into(), u.into()]);
+        }
+        for p in &self.protect {
+            a.extend(["--protect".into(), p.clone().into_os_string()]);
+        }
+        if self.accept_no_landlock {
+            a.push("--accept-no-landlock".into());
+        }
+        a.push("--".into());
+        a.extend(self.program.iter().cloned());
+        a
+    }
+}
+
+/// Apply the profile to this process and exec the program; returns only on failure.
+pub fn exec(launch: &Launch) -> Error {
+    match confine(launch) {
+        Ok(()) => {
+            let mut cmd = std::process::Command::new(&launch.program[0]);
+            cmd.args(&launch.program[1..]);
+            Error::Exec(cmd.exec())
+        }
+        Err(e) => e,
+    }
+}
+
+fn confine(launch: &Launch) -> Result<(), Error> {
+    let profile = launch.profile;
+    // Resolve everything that needs the user database or the filesystem before the switch.
+    let user = if profile.unprivileged() {
+        let name = launch.user.clone().unwrap_or_else(|| {
+            match profile {
+                Profile::Operator => OPERATOR_USER,
+                _ => DIAGNOSTICS_USER,
+            }
+            .to_owned()
+        });
+        match nix::unistd::User::from_name(&name) {
+            Ok(Some(u)) if u.uid.is_root() => {
+                return Err(Error::Usage(format!("user `{name}` is root")));
+            }
+            Ok(Some(u)) => Some(u),
+            _ => {
+                return Err(Error::NoUser {
+                    profile: profile.name(),
+                    user: name,
+                });
+            }
+        }
+    } else {
+        None
+    };
+    // admin keeps the machine's secret stores (it administers them) and protects only the agent:
+    // carving /etc out for /etc/shadow would also stop it creating files directly in /etc.
+    let mut protected: Vec<PathBuf> = match profile.unprivileged() {
+        true => ALWAYS_PROTECTED.iter().map(PathBuf::from).collect(),
+        false => Vec::new(),
+    };
+    protected.extend(launch.protect.iter().cloned());
+    if let Ok(me) = std::env::current_exe() {
+        protected.push(me);
+    }
+    let protected = canonical(&protected);
+
+    nix::sys::prctl::set_no_new_privs().map_err(|e| setup("no_new_privs")(e.to_string()))?;
+    if let Some(user) = &user {
+        // Emptying the bounding set needs CAP_SETPCAP: before the user switch.
+        caps::clear(None, caps::CapSet::Bounding)
+            .map_err(|e| setup("capability bounding set")(e.to_string()))?;
+        let cname = std::ffi::CString::new(user.name.as_bytes())
+            .map_err(|e| setup("user switch")(e.to_string()))?;
+        nix::unistd::initgroups(&cname, user.gid)
+            .map_err(|e| setup("supplementary groups")(e.to_string()))?;
+        nix::unistd::setresgid(user.gid, user.gid, user.gid)
+            .map_err(|e| setup("group switch")(e.to_string()))?;
+        nix::unistd::setresuid(user.uid, user.uid, user.uid)
+            .map_err(|e| setup("user switch")(e.to_string()))?;
+        for set in [
+            caps::CapSet::Ambient,
+            caps::CapSet::Inheritable,
+            caps::CapSet::Effective,
+            caps::CapSet::Permitted,
+        ] {
+            caps::clear(None, set).map_err(|e| setup("capabilities")(e.to_string()))?;
+        }
+        if nix::unistd::getuid().is_root() || nix::unistd::geteuid().is_root() {
+            return Err(setup("user switch")("still root".into()));
+        }
+    }
+
+    let status = landlock(profile, &protected)?;
+    if status == RulesetStatus::NotEnforced && profile.unprivileged() && !launch.accept_no_landlock
+    {
+        return Err(Error::NoLandlock {
+            profile: profile.name(),
+            status: describe(landlock_status()),
+        });
+    }
+
+    for program in seccomp_filters(profile)? {
+        seccompiler::apply_filter(&program).map_err(|e| setup("seccomp")(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Protected paths as the kernel resolves them; paths that do not exist protect nothing.
+fn canonical(paths: &[PathBuf]) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = paths
+        .iter()
+        .filter_map(|p| std::fs::canonicalize(p).ok())
+        .filter(|p| p != Path::new("/"))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The paths to grant a right "everywhere except `protected`": `/` itself when nothing is
+/// protected, else every entry of `/` and of each ancestor of a protected path, except the
+/// protected paths and those ancestors.
+pub fn everywhere_except(protected: &[PathBuf]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    walk(Path::new("/"), protected, &mut out);
+    out
+}
+
+fn walk(dir: &Path, protected: &[PathBuf], out: &mut Vec<PathBuf>) {
+    if protected.iter().any(|p| p == dir) {
+        return;
+    }
+    if !protected.iter().any(|p| p.starts_with(dir)) {
+        out.push(dir.to_owned());
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        walk(&entry.path(), protected, out);
+    }
+}
+
+fn landlock(profile: Profile, protected: &[PathBuf]) -> Result<RulesetStatus, Error> {
+    let err = setup("landlock");
+    let e = |e: landlock::RulesetError| e.to_string();
+    let all = AccessFs::from_all(LANDLOCK_ABI);
+    let mut ruleset = Ruleset::default()
+        .handle_access(all)
+        .map_err(e)
+        .map_err(setup("landlock"))?;
+    if profile.unprivileged() {
+        // Scoping is best effort: a kernel before ABI 6 keeps signals and abstract sockets open.
+        ruleset = ruleset
+            .set_compatibility(CompatLevel::BestEffort)
+            .scope(Scope::from_all(LANDLOCK_ABI))
+            .map_err(e)
+            .map_err(setup("landlock"))?;
+    }
+    let mut created: RulesetCreated = ruleset.create().map_err(e).map_err(setup("landlock"))?;
+    let everywhere = everywhere_except(protected);
+    let read = AccessFs::from_read(LANDLOCK_ABI) | AccessFs::IoctlDev;
+    let granted = if profile.unprivileged() { read } else { all };
+    let mut rules: Vec<(PathBuf, landlock::BitFlags<AccessFs>)> =
+        everywhere.into_iter().map(|p| (p, granted)).collect();
+    if profile.unprivileged() {
+        rules.extend(SCRATCH.iter().map(|p| (PathBuf::from(p), all)));
+        rules.extend(
+            DEVICES
+                .iter()
+                .map(|p| (PathBuf::from(p), AccessFs::from_file(LANDLOCK_ABI))),
+        );
+    }
+    for (path, access) in rules {
+        // A path that vanished since the walk protects nothing and grants nothing.
+        let Ok(fd) = PathFd::new(&path) else { continue };
+        let access = if path.is_dir() {
+            access
+        } else {
+            access & AccessFs::from_file(LANDLOCK_ABI)
+        };
+        created = created
+            .add_rule(PathBeneath::new(fd, access))
+            .map_err(e)
+            .map_err(setup("landlock"))?;
+    }
+    let status = created.restrict_self().map_err(e).map_err(err)?;
+    Ok(status.ruleset)
+}
+
+/// Denied syscalls: (filter's errno, syscalls; an empty rule list denies unconditionally).
+fn seccomp_filters(profile: Profile) -> Result<Vec<BpfProgram>, Error> {
+    use nix::libc;
+    let arch = TargetArch::try_from(std::env::consts::ARCH)
+        .map_err(|e| setup("seccomp")(format!("{e:?}")))?;
+    let mut deny: BTreeMap<i64, Vec<SeccompRule>> = [
+        libc::SYS_reboot,
+        libc::SYS_kexec_load,
+        libc::SYS_kexec_file_load,
+        libc::SYS_init_module,
+        libc::SYS_finit_module,
+        libc::SYS_delete_module,
+    ]
+    .into_iter()
+    .map(|n| (n, Vec::new()))
+    .collect();
+    let mut programs = Vec::new();
+    let compile = |rules, errno: i32| -> Result<BpfProgram, Error> {
+        let filter = SeccompFilter::new(
+            rules,
+            SeccompAction::Allow,
+            SeccompAction::Errno(errno as u32),
+            arch,
+        )
+        .map_err(|e| setup("seccomp")(e.to_string()))?;
+        BpfProgram::try_from(filter).map_err(|e| setup("seccomp")(e.to_string()))
+    };
+    if profile.unprivileged() {
+        deny.extend(
+            [
+                libc::SYS_mount,
+                libc::SYS_umount2,
+                libc::SYS_swapon,
+                libc::SYS_swapoff,
+                libc::SYS_ptrace,
+                libc::SYS_bpf,
+                libc::SYS_perf_event_open,
+                libc::SYS_keyctl,
+                libc::SYS_add_key,
+                libc::SYS_request_key,
+                libc::SYS_unshare,
+                libc::SYS_setns,
+                libc::SYS_pivot_root,
+                libc::SYS_open_tree,
+                libc::SYS_move_mount,
+                libc::SYS_fsopen,
+                libc::SYS_fsmount,
+            ]
+            .into_iter()
+            .map(|n| (n, Vec::new())),
+        );
+        // clone(2) with any namespace flag. clone3's flags sit in a struct that seccomp cannot
+        // read: clone3 answers ENOSYS (below) and the C libraries fall back to clone(2).
+        let namespaces: u64 = (libc::CLONE_NEWNS
+            | libc::CLONE_NEWCGROUP
+            | libc::CLONE_NEWUTS
+            | libc::CLONE_NEWIPC
+            | libc::CLONE_NEWUSER
+            | libc::CLONE_NEWPID
+            | libc::CLONE_NEWNET) as u64;
+        let mut clone = Vec::new();
+        for bit in (0..64).map(|b| 1u64 << b).filter(|b| namespaces & b != 0) {
+            let cond =
+                SeccompCondition::new(0, SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(bit), bit)
+                    .map_err(|e| setup("seccomp")(e.to_string()))?;
+            clone.push(SeccompRule::new(vec![cond]).map_err(|e| setup("seccomp")(e.to_string()))?);
+        }
+        deny.insert(libc::SYS_clone, clone);
+        programs.push(compile(
+            [(libc::SYS_clone3, Vec::new())].into_iter().collect(),
+            libc::ENOSYS,
+        )?);
+    }
+    programs.push(compile(deny, libc::EPERM)?);
+    Ok(programs)
+}
+
+/// What this kernel offers, for the agent's start-up log: the Landlock ABI, or why there is none.
+pub fn landlock_status() -> LandlockStatus {
+    // Restricting a throw-away thread is the crate's only way to report the kernel's ABI; the
+    // ruleset handles one right and the thread ends right after, so the agent is not confined.
+    let probe = std::thread::spawn(|| {
+        Ruleset::default()
+            .handle_access(AccessFs::Execute)
+            .and_then(|r| r.create())
+            .and_then(|r| r.restrict_self())
+            .map(|s| s.landlock)
+    });
+    match probe.join() {
+        Ok(Ok(status)) => status,
+        _ => LandlockStatus::NotImplemented,
+    }
+}
+
+/// A one-line description of a [`LandlockStatus`].
+pub fn describe(status: LandlockStatus) -> String {
+    match status {
+        LandlockStatus::NotEnabled => {
+            "Landlock is built in but not enabled (boot with lsm=...,landlock)".into()
+        }
+        LandlockStatus::NotImplemented => "the kernel has no Landlock".into(),
+        LandlockStatus::Available {
+            effective_abi,
+            kernel_abi,
+        } => match kernel_abi {
+            Some(k) => format!("Landlock ABI {k} (used as ABI {})", effective_abi as i32),
+            None => format!("Landlock ABI {}", effective_abi as i32),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn launch_args_round_trip() {
+        let l = Launch {
+            profile: Profile::Operator,
+            user: Some("op".into()),
+            protect: vec!["/etc/dtma".into(), "/var/log/dtma".into()],
+            accept_no_landlock: true,
+            program: vec!["/bin/sh".into(), "-c".into(), "--profile admin".into()],
+        };
+        let args = l.to_args();
+        assert_eq!(args[0], SUBCOMMAND);
+        assert_eq!(Launch::parse(args.into_iter().skip(1)).unwrap(), l);
+    }
+
+    #[test]
+    fn bad_launch_args_are_usage_errors() {
+        for args in [
+            vec!["--", "/bin/true"],
+            vec!["--profile", "root", "--", "/bin/true"],
+            vec!["--profile", "admin", "--"],
+            vec!["--profile", "admin", "--nope", "--", "/bin/true"],
+            vec!["--profile"],
+        ] {
+            let e = Launch::parse(args.iter().map(OsString::from)).unwrap_err();
+            assert_eq!(e.exit_code(), EXIT_USAGE, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn everywhere_except_skips_protected_paths_and_their_ancestors() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        for p in ["a/secret", "a/open", "b"] {
+            std::fs::create_dir_all(root.join(p)).unwrap();
+        }
+        let got = everywhere_except(&[root.join("a/secret")]);
+        assert!(got.contains(&root.join("a/open")));
+        assert!(got.contains(&root.join("b")));
+        assert!(!got.iter().any(|p| root.join("a/secret").starts_with(p)));
+        assert!(got.contains(&PathBuf::from("/usr")));
+        assert_eq!(everywhere_except(&[]), vec![PathBuf::from("/")]);
+    }
+}
