@@ -31,6 +31,12 @@ pub struct Record<'a> {
     /// The command line (`exec` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub command: Option<&'a str>,
+    /// The sandbox profile the command runs under (`exec` only; absent when the sandbox is off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<&'a str>,
+    /// The sandbox's enforcement level for the command: `full`, `partial` or `off` (`exec` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enforcement: Option<&'a str>,
     /// What the action applies to: a group id or an instance name (MCP actions).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<&'a str>,
@@ -213,6 +219,8 @@ mod tests {
             role: "admin",
             action: "exec",
             command: Some(cmd),
+            profile: Some("admin"),
+            enforcement: Some("full"),
             target: None,
             decision: "allowed",
             rule: "allowed",

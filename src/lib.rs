@@ -144,6 +144,7 @@ pub async fn start_with_logs(
     shutdown: CancellationToken,
 ) -> Result<Running, StartError> {
     let agent = Agent::with_logs(config, logs)?;
+    log_enforcement(agent.enforcement());
     let addr = agent.config().listen;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -228,6 +229,21 @@ pub async fn start_with_logs(
         http_addr,
         done,
     })
+}
+
+/// One start-up line on the kernel sandbox; a warning when some protection does not hold.
+fn log_enforcement(e: &exec::sandbox::Enforcement) {
+    let (mode, level) = (e.mode.name(), e.level.name());
+    if e.degradations.is_empty() {
+        info!(
+            mode,
+            level,
+            landlock_abi = e.landlock_abi,
+            "Kernel sandbox."
+        );
+    } else {
+        tracing::warn!(mode, level, landlock_abi = e.landlock_abi, degradations = ?e.degradations, "Kernel sandbox degraded.");
+    }
 }
 
 /// Run until `shutdown` is cancelled.

@@ -43,8 +43,6 @@ fn main() -> ExitCode {
         .with(dtma::logring::RingLayer(logs.clone()))
         .init();
     dtma::raise_fd_limit();
-    let landlock = dtma::exec::sandbox::describe(dtma::exec::sandbox::landlock_status());
-    tracing::info!(%landlock, sandbox = config.exec.sandbox.enforce, "Kernel sandbox.");
     tracing::info!(version = dtma::VERSION, config = ?config, "Starting.");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

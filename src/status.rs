@@ -71,6 +71,7 @@ impl Sampler {
             streams_running: streams.0,
             streams_held: streams.1,
             tool_statuses: Vec::new(),
+            sandbox: None,
         }
     }
 }

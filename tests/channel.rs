@@ -21,6 +21,17 @@ async fn exec_streams_started_output_and_exit() {
         dtma_protocol::PROTOCOL_VERSION
     );
     assert!(session.hello.capabilities.iter().any(|c| c == "exec"));
+    let sandbox = session
+        .hello
+        .sandbox
+        .as_ref()
+        .expect("hello names the sandbox");
+    assert_eq!(sandbox.mode, dtma_protocol::SandboxMode::Off);
+    assert_eq!(sandbox.level, dtma_protocol::SandboxLevel::None);
+    assert!(
+        !sandbox.degradations.is_empty(),
+        "off is a listed degradation"
+    );
 
     let s = cp
         .cp

@@ -54,7 +54,13 @@ async fn heartbeat_follows_welcome_and_a_silent_link_is_dead_after_two_intervals
         tokio::time::timeout_at(t0 + Duration::from_secs(25), backend.next()).await
     {
         match m {
-            Message::Text(t) if t.as_str().contains(r#""type":"status""#) => statuses += 1,
+            Message::Text(t) if t.as_str().contains(r#""type":"status""#) => {
+                // The sandbox's level rides on every heartbeat (off in this test's config).
+                let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+                assert_eq!(v["sandbox"]["mode"], "off", "{v}");
+                assert_eq!(v["sandbox"]["level"], "none", "{v}");
+                statuses += 1;
+            }
             Message::Ping(_) => pings += 1,
             _ => {}
         }

@@ -447,6 +447,9 @@ async fn diagnostics_and_status_have_the_seed_and_console_shapes() {
     assert_eq!(j["environment"]["hasApiKey"], true);
     assert_eq!(j["environment"]["hasApiBaseUrl"], false);
     assert_eq!(j["environment"]["port"], l.addr.port());
+    assert_eq!(j["sandbox"]["mode"], "off", "{j}");
+    assert_eq!(j["sandbox"]["level"], "none", "{j}");
+    assert!(j["sandbox"]["degradations"][0].is_string(), "{j}");
 }
 
 #[tokio::test]
@@ -562,6 +565,11 @@ async fn every_decision_is_audited_without_secrets() {
     assert_eq!(lines[0]["decision"], "allowed");
     assert_eq!(lines[0]["role"], "admin");
     assert_eq!(lines[0]["caller"], "dtma_bearer_token");
+    // Not sandboxed: every exec record says so, and names no profile.
+    for l in &lines {
+        assert_eq!(l["enforcement"], "off", "{l}");
+        assert!(l.get("profile").is_none(), "{l}");
+    }
     assert_eq!(lines[1]["decision"], "finished");
     assert_eq!(lines[1]["exit_code"], 0);
     assert!(lines[1]["duration_ms"].is_u64());

@@ -220,8 +220,11 @@ fn a_profile_whose_user_is_missing_is_refused() {
 #[tokio::test]
 async fn enforce_runs_commands_through_the_local_api_under_the_sandbox() {
     let (_dir, secret) = planted();
+    let audit_dir = tempfile::tempdir().unwrap();
+    let audit = audit_dir.path().join("audit.jsonl");
     let mut config = Config::for_channel(TOKEN, None);
     config.listen = "127.0.0.1:0".parse().unwrap();
+    config.audit.path = Some(audit.clone());
     config.exec.sandbox.enforce = true;
     config.exec.sandbox.launcher = DTMA.into();
     config.exec.sandbox.protect = vec![secret.clone()];
@@ -255,5 +258,31 @@ async fn enforce_runs_commands_through_the_local_api_under_the_sandbox() {
         j["stderr"].as_str().unwrap().contains("Permission denied"),
         "{j}"
     );
+    // `/status` reports what is enforced; this kernel has Landlock, so no refusal at start.
+    let auth = format!("Bearer {TOKEN}");
+    let status = request(addr, "GET", "/status", Some(&auth), None)
+        .await
+        .json();
+    let sandbox = &status["sandbox"];
+    assert_eq!(sandbox["mode"], "enforce", "{status}");
+    assert!(sandbox["landlock_abi"].as_u64().unwrap() >= 1, "{status}");
+    let level = sandbox["level"].as_str().unwrap().to_owned();
+    assert!(level == "full" || level == "partial", "{status}");
+    assert_eq!(
+        level == "full",
+        sandbox["degradations"].as_array().unwrap().is_empty(),
+        "{status}"
+    );
     agent.shutdown().await;
+    // Every record of a sandboxed command names its profile and the level that applied.
+    let text = std::fs::read_to_string(&audit).unwrap();
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 4, "{text}");
+    for r in &records {
+        assert_eq!(r["profile"], "admin", "{r}");
+        assert_eq!(r["enforcement"], level.as_str(), "{r}");
+    }
 }

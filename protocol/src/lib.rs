@@ -123,6 +123,62 @@ pub struct Hello {
     pub streams: Vec<StreamResume>,
     /// Largest text frame the agent accepts, in bytes.
     pub max_frame_bytes: u64,
+    /// The kernel sandbox commands run under. This agent always sends it; omitted (never
+    /// `null`) by agents that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Sandbox")]
+    pub sandbox: Option<Sandbox>,
+}
+
+/// The kernel sandbox commands run under, as the agent assessed it once at start (sent in
+/// `hello` and `status`, served in `GET /status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Sandbox {
+    /// `DTMA_SANDBOX`: `off` runs commands unconfined; `enforce` under their role's profile.
+    pub mode: SandboxMode,
+    /// The kernel's Landlock ABI; `null` when the kernel has no (enabled) Landlock.
+    pub landlock_abi: Option<u8>,
+    /// `full`: every protection of the profiles holds; `partial`: some are missing (listed in
+    /// `degradations`); `none`: the sandbox is off.
+    pub level: SandboxLevel,
+    /// Each protection that does not hold on this host, in words. Empty when `level` is `full`.
+    pub degradations: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SandboxMode {
+    Off,
+    Enforce,
+}
+
+impl SandboxMode {
+    /// The wire name.
+    pub fn name(self) -> &'static str {
+        match self {
+            SandboxMode::Off => "off",
+            SandboxMode::Enforce => "enforce",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SandboxLevel {
+    Full,
+    Partial,
+    None,
+}
+
+impl SandboxLevel {
+    /// The wire name.
+    pub fn name(self) -> &'static str {
+        match self {
+            SandboxLevel::Full => "full",
+            SandboxLevel::Partial => "partial",
+            SandboxLevel::None => "none",
+        }
+    }
 }
 
 /// One stream the agent still holds, listed in `hello`.
@@ -252,6 +308,11 @@ pub struct Status {
     pub streams_held: u64,
     /// MCP tool containers (filled by the Docker work; empty until then).
     pub tool_statuses: Vec<ToolStatus>,
+    /// The kernel sandbox commands run under. This agent always sends it; omitted (never
+    /// `null`) by agents that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Sandbox")]
+    pub sandbox: Option<Sandbox>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

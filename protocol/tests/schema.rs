@@ -17,9 +17,9 @@ use dtma_protocol::{
     DiskStatus, Encoding, ErrorCode, ErrorEvent, EventsEnd, EventsEndReason, Exit, Fd, GroupStatus,
     Hello, LINUX_CAPABILITIES, LogsEnd, LogsEndReason, McpEvent, McpEventKind, MemoryStatus,
     Output, PortMapping, PortProtocol, Progress, ProgressBytes, ProgressStep, RemoveResult,
-    RestartResult, ResultEvent, ServerAction, ServerOutcome, ServerState, ServerStatus, Started,
-    StateEvent, Status, StatusResult, StreamPhase, StreamResume, ToolStatus, decode_backend,
-    schema,
+    RestartResult, ResultEvent, Sandbox, SandboxLevel, SandboxMode, ServerAction, ServerOutcome,
+    ServerState, ServerStatus, Started, StateEvent, Status, StatusResult, StreamPhase,
+    StreamResume, ToolStatus, decode_backend, schema,
 };
 use serde_json::{Value, json};
 
@@ -87,6 +87,7 @@ fn agent_variants() -> Vec<(AgentMessage, AgentMessage)> {
         streams_running: 0,
         streams_held: 0,
         tool_statuses,
+        sandbox: None,
     };
     let exit = |exit_code, signal, killed_with: Option<&str>| Exit {
         id: "r".into(),
@@ -109,6 +110,7 @@ fn agent_variants() -> Vec<(AgentMessage, AgentMessage)> {
         capabilities: vec!["exec".into()],
         streams,
         max_frame_bytes: 1 << 20,
+        sandbox: None,
     };
     let error = |id: Option<&str>, seq, details| ErrorEvent {
         id: id.map(str::to_owned),
@@ -176,6 +178,12 @@ fn agent_variants() -> Vec<(AgentMessage, AgentMessage)> {
         status_on_toolbox: "running".into(),
         runtime_details: json!({}),
     };
+    let sandbox = Sandbox {
+        mode: SandboxMode::Enforce,
+        landlock_abi: Some(4),
+        level: SandboxLevel::Partial,
+        degradations: vec!["d".into()],
+    };
     let disk = DiskStatus {
         mount: "/".into(),
         total_bytes: 2,
@@ -185,7 +193,10 @@ fn agent_variants() -> Vec<(AgentMessage, AgentMessage)> {
     vec![
         (
             AgentMessage::Hello(hello(Vec::new())),
-            AgentMessage::Hello(hello(held)),
+            AgentMessage::Hello(Hello {
+                sandbox: Some(sandbox.clone()),
+                ..hello(held)
+            }),
         ),
         (
             AgentMessage::Started(started.clone()),
@@ -221,7 +232,10 @@ fn agent_variants() -> Vec<(AgentMessage, AgentMessage)> {
         ),
         (
             AgentMessage::Status(status(None, Vec::new())),
-            AgentMessage::Status(status(Some(disk), vec![tool])),
+            AgentMessage::Status(Status {
+                sandbox: Some(sandbox),
+                ..status(Some(disk), vec![tool])
+            }),
         ),
     ]
 }

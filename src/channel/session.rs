@@ -69,6 +69,7 @@ where
         capabilities: crate::CAPABILITIES.iter().map(|s| s.to_string()).collect(),
         streams: registry.hello_streams(),
         max_frame_bytes: chan.max_frame_bytes as u64,
+        sandbox: Some(channel.agent().enforcement().clone()),
     });
     // The whole handshake (hello out, welcome in) runs under the connect timeout.
     let handshake = async {

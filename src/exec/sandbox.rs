@@ -474,6 +474,106 @@ pub fn landlock_status() -> LandlockStatus {
     }
 }
 
+/// What is enforced on this host: the wire shape (`hello`, `status`, `GET /status`).
+pub use dtma_protocol::{Sandbox as Enforcement, SandboxLevel as Level, SandboxMode as Mode};
+
+/// The oldest Landlock ABI the unprivileged profiles take as a sandbox at all. Below it (or
+/// without Landlock) the agent refuses to start with `DTMA_SANDBOX=enforce` unless
+/// `DTMA_SANDBOX_ACCEPT_NO_LANDLOCK=true`. Newer rights missing from an older ABI are listed as
+/// degradations (see [`assess`]).
+pub const REQUIRED_LANDLOCK_ABI: u8 = 1;
+
+/// `DTMA_SANDBOX=enforce` on a kernel that cannot enforce the profiles, not accepted.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "DTMA_SANDBOX=enforce, but {problem}: the diagnostics and operator profiles would run without their filesystem rules; set DTMA_SANDBOX_ACCEPT_NO_LANDLOCK=true to accept the weaker sandbox, or DTMA_SANDBOX=off"
+)]
+pub struct NotEnforceable {
+    pub problem: String,
+}
+
+/// The kernel's Landlock ABI (`None`: no Landlock, or not enabled). One probe; call it once.
+pub fn detected_abi() -> Option<u8> {
+    match landlock_status() {
+        LandlockStatus::Available {
+            effective_abi,
+            kernel_abi,
+        } => u8::try_from(kernel_abi.unwrap_or(effective_abi as i32)).ok(),
+        LandlockStatus::NotEnabled | LandlockStatus::NotImplemented => None,
+    }
+}
+
+/// What the profiles enforce with `config` on a kernel with Landlock ABI `abi` (from
+/// [`detected_abi`]; a parameter so tests can feed any kernel). Pure: no I/O.
+pub fn assess(
+    config: &crate::config::SandboxConfig,
+    abi: Option<u8>,
+) -> Result<Enforcement, NotEnforceable> {
+    if !config.enforce {
+        return Ok(Enforcement {
+            mode: Mode::Off,
+            landlock_abi: abi,
+            level: Level::None,
+            degradations: vec![
+                "DTMA_SANDBOX=off: commands run unconfined, as the agent's user (only the shell policy applies)".into(),
+            ],
+        });
+    }
+    let usable = abi.filter(|a| *a >= REQUIRED_LANDLOCK_ABI);
+    let mut degradations = Vec::new();
+    match usable {
+        None => {
+            let problem = match abi {
+                None => "the kernel has no Landlock (or it is not enabled)".to_owned(),
+                Some(a) => {
+                    format!(
+                        "the kernel's Landlock ABI {a} is older than the {REQUIRED_LANDLOCK_ABI} the profiles need"
+                    )
+                }
+            };
+            if !config.accept_no_landlock {
+                return Err(NotEnforceable { problem });
+            }
+            degradations.push(format!(
+                "{problem} (accepted by DTMA_SANDBOX_ACCEPT_NO_LANDLOCK): no filesystem rules; diagnostics and operator commands can read and write whatever their user may, admin commands can read and write the agent's own files"
+            ));
+        }
+        Some(a) => {
+            // What each ABI added to the rights these rulesets handle (best effort below it).
+            for (since, lost) in [
+                (3, "truncating files is not restricted (Landlock ABI 3)"),
+                (5, "ioctl on devices is not restricted (Landlock ABI 5)"),
+                (
+                    6,
+                    "signals and abstract unix sockets are not scoped to the sandbox (Landlock ABI 6)",
+                ),
+            ] {
+                if a < since {
+                    degradations.push(lost.to_owned());
+                }
+            }
+        }
+    }
+    Ok(Enforcement {
+        mode: Mode::Enforce,
+        landlock_abi: abi,
+        level: if degradations.is_empty() {
+            Level::Full
+        } else {
+            Level::Partial
+        },
+        degradations,
+    })
+}
+
+/// The enforcement level an audit record names: `off` when commands are not sandboxed.
+pub fn audit_level(e: &Enforcement) -> &'static str {
+    match (e.mode, e.level) {
+        (Mode::Off, _) | (_, Level::None) => "off",
+        (Mode::Enforce, level) => level.name(),
+    }
+}
+
 /// A one-line description of a [`LandlockStatus`].
 pub fn describe(status: LandlockStatus) -> String {
     match status {
@@ -494,6 +594,53 @@ pub fn describe(status: LandlockStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn enforcing(accept_no_landlock: bool) -> crate::config::SandboxConfig {
+        crate::config::SandboxConfig {
+            enforce: true,
+            accept_no_landlock,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn enforce_without_landlock_is_refused_unless_accepted() {
+        let e = assess(&enforcing(false), None).unwrap_err();
+        assert!(e.to_string().contains("no Landlock"), "{e}");
+        assert!(
+            e.to_string().contains("DTMA_SANDBOX_ACCEPT_NO_LANDLOCK"),
+            "{e}"
+        );
+        let weak = assess(&enforcing(true), None).unwrap();
+        assert_eq!((weak.mode, weak.level), (Mode::Enforce, Level::Partial));
+        assert!(
+            weak.degradations[0].contains("no filesystem rules"),
+            "{weak:?}"
+        );
+        assert_eq!(audit_level(&weak), "partial");
+    }
+
+    #[test]
+    fn older_abis_are_partial_with_each_missing_right_listed() {
+        let full = assess(&enforcing(false), Some(6)).unwrap();
+        assert_eq!(full.level, Level::Full);
+        assert!(full.degradations.is_empty());
+        assert_eq!(audit_level(&full), "full");
+        let abi1 = assess(&enforcing(false), Some(1)).unwrap();
+        assert_eq!(abi1.level, Level::Partial);
+        assert_eq!(abi1.degradations.len(), 3, "{abi1:?}");
+        let abi5 = assess(&enforcing(false), Some(5)).unwrap();
+        assert_eq!(abi5.degradations.len(), 1, "{abi5:?}");
+        assert!(abi5.degradations[0].contains("signals"));
+    }
+
+    #[test]
+    fn off_is_level_none_and_says_so() {
+        let off = assess(&crate::config::SandboxConfig::default(), None).unwrap();
+        assert_eq!((off.mode, off.level), (Mode::Off, Level::None));
+        assert!(off.degradations[0].contains("unconfined"));
+        assert_eq!(audit_level(&off), "off");
+    }
 
     #[test]
     fn launch_args_round_trip() {

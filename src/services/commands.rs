@@ -114,7 +114,7 @@ impl CommandService {
             "denied"
         };
         agent
-            .audit(&record(&req, (verdict, &decision.rule), None))
+            .audit(&record(agent, &req, (verdict, &decision.rule), None))
             .await;
         if !decision.allowed {
             info!(source = req.source.name(), caller = %req.caller.name, rule = %decision.rule,
@@ -143,11 +143,7 @@ async fn run<S: CommandSink>(
     info!(source, request_id, "Exec started.");
     let config = agent.config();
     let mut spec = req.spec.clone();
-    spec.profile = match req.caller.role {
-        Role::Diagnostics => exec::sandbox::Profile::Diagnostics,
-        Role::Operator => exec::sandbox::Profile::Operator,
-        Role::Admin => exec::sandbox::Profile::Admin,
-    };
+    spec.profile = profile(req.caller.role);
     let result = exec::run(spec, &config.exec, &config.secrets, sink, cancel).await;
     drop(slot);
     match result {
@@ -160,7 +156,7 @@ async fn run<S: CommandSink>(
                 "exited"
             };
             agent
-                .audit(&record(&req, ("finished", how), Some(&o)))
+                .audit(&record(&agent, &req, ("finished", how), Some(&o)))
                 .await;
             info!(
                 source,
@@ -206,11 +202,22 @@ impl<S: CommandSink> Drop for EndGuard<S> {
     }
 }
 
+/// The sandbox profile of a caller's role.
+fn profile(role: Role) -> exec::sandbox::Profile {
+    match role {
+        Role::Diagnostics => exec::sandbox::Profile::Diagnostics,
+        Role::Operator => exec::sandbox::Profile::Operator,
+        Role::Admin => exec::sandbox::Profile::Admin,
+    }
+}
+
 fn record<'a>(
+    agent: &Agent,
     req: &'a CommandRequest,
     (decision, rule): (&'a str, &'a str),
     outcome: Option<&Outcome>,
 ) -> Record<'a> {
+    let sandboxed = agent.enforcement().mode == exec::sandbox::Mode::Enforce;
     Record {
         time: crate::now_rfc3339(),
         source: req.source.name(),
@@ -218,6 +225,8 @@ fn record<'a>(
         role: role_name(req.caller.role),
         action: "exec",
         command: Some(&req.spec.command),
+        profile: sandboxed.then(|| profile(req.caller.role).name()),
+        enforcement: Some(exec::sandbox::audit_level(agent.enforcement())),
         target: None,
         decision,
         rule,

@@ -96,6 +96,7 @@ impl DiagnosticsService {
         tokio::task::spawn_blocking(move || {
             let mut status = a.sampler().status(a.uptime().as_secs(), streams);
             status.tool_statuses = tools;
+            status.sandbox = Some(a.enforcement().clone());
             status
         })
         .await
@@ -314,6 +315,7 @@ async fn console_status(a: &Agent) -> serde_json::Value {
             "port": port,
         },
         "channel_connected": a.link_up(),
+        "sandbox": a.enforcement(),
         "tool_instances": tool_instances,
         "docker_error": docker_error,
     })

@@ -185,6 +185,8 @@ impl McpService {
                 role: role_name(origin.caller.role),
                 action,
                 command: None,
+                profile: None,
+                enforcement: None,
                 target: Some(target),
                 decision,
                 rule,
