@@ -35,18 +35,22 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use futures_util::FutureExt;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
 use serde_json::{Value, json};
 
+#[path = "support/mcp.rs"]
+mod mcp;
 mod support;
-use support::{lock, machine_ticks, stop_child};
+use mcp::{
+    Api, Reaper, STEP_TIMEOUT, free_ports, group_label, labelled_async, pinned_image,
+    remove_labelled, start_agent,
+};
+use support::machine_ticks;
 
 /// The test server's mode: the 2025-11-25 revision (`initialize` handshake, sessions), which
 /// the probe reaches after `server/discover` is refused, as with most servers deployed today.
@@ -61,10 +65,6 @@ const ENDPOINT: &str = "/mcp";
 const POLL: Duration = Duration::from_millis(50);
 /// One probe's limit, as the agent's.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-/// Upper bound for any single step, so that every round ends.
-const STEP_TIMEOUT: Duration = Duration::from_secs(180);
-/// Image build script shared with the tests (tests/common/docker.rs).
-const IMAGE_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/test-image.sh");
 
 // ---------------------------------------------------------------------------------------------
 // Settings, results
@@ -210,127 +210,6 @@ impl Default for Results {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Cleanup of everything started
-// ---------------------------------------------------------------------------------------------
-
-/// Owns what the bench starts: the agent process, the temporary directory, and the Docker
-/// label filters of every group and compose project it deployed. [`Reaper::cleanup`] stops and
-/// removes them (idempotent, also run on drop).
-struct Reaper {
-    dir: PathBuf,
-    agent: Mutex<Option<Child>>,
-    /// `key=value` labels; every container carrying one was made for this bench.
-    labels: Mutex<Vec<String>>,
-}
-
-impl Reaper {
-    fn new() -> Result<Reaper> {
-        let dir = std::env::temp_dir().join(format!(
-            "dtma-bench-mcp-{}-{:08x}",
-            std::process::id(),
-            fastrand::u32(..)
-        ));
-        std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
-        Ok(Reaper {
-            dir,
-            agent: Mutex::new(None),
-            labels: Mutex::new(Vec::new()),
-        })
-    }
-
-    /// Remember a label before anything carrying it is created.
-    fn track(&self, label: String) {
-        let mut labels = lock(&self.labels);
-        if !labels.contains(&label) {
-            labels.push(label);
-        }
-    }
-
-    fn cleanup(&self) {
-        // The agent first, so that no deploy of its own runs on while its containers go.
-        if let Some(mut agent) = lock(&self.agent).take() {
-            stop_child(&mut agent, Duration::from_secs(15));
-        }
-        let labels: Vec<String> = lock(&self.labels).drain(..).collect();
-        for label in labels {
-            if let Err(e) = remove_labelled(&label) {
-                eprintln!("bench-mcp: could not remove the containers labelled {label}: {e:#}");
-            }
-        }
-        if self.dir.exists() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        self.cleanup();
-    }
-}
-
-/// Ids of the containers (running or not) carrying `label`.
-fn labelled(label: &str) -> Result<Vec<String>> {
-    let out = std::process::Command::new("docker")
-        .args(["ps", "-aq", "--no-trunc", "--filter"])
-        .arg(format!("label={label}"))
-        .stdin(Stdio::null())
-        .output()
-        .context("running docker ps")?;
-    ensure!(
-        out.status.success(),
-        "docker ps failed: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect())
-}
-
-/// `docker rm -f -v` every container carrying `label`; returns how many there were.
-fn remove_labelled(label: &str) -> Result<usize> {
-    let ids = labelled(label)?;
-    if !ids.is_empty() {
-        let out = std::process::Command::new("docker")
-            .args(["rm", "-f", "-v"])
-            .args(&ids)
-            .stdin(Stdio::null())
-            .output()
-            .context("running docker rm")?;
-        ensure!(
-            out.status.success(),
-            "docker rm failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(ids.len())
-}
-
-/// `docker ARGS`; fails with its stderr.
-async fn docker_ok(args: &[&str]) -> Result<()> {
-    let out = tokio::process::Command::new("docker")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .context("running docker")?;
-    ensure!(
-        out.status.success(),
-        "docker {} failed: {}",
-        args.first().copied().unwrap_or_default(),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(())
-}
-
-async fn labelled_async(label: String) -> Result<Vec<String>> {
-    tokio::task::spawn_blocking(move || labelled(&label)).await?
-}
-
-// ---------------------------------------------------------------------------------------------
 // Main
 // ---------------------------------------------------------------------------------------------
 
@@ -338,7 +217,7 @@ async fn labelled_async(label: String) -> Result<Vec<String>> {
 async fn main() -> Result<()> {
     let settings = Settings::load()?;
     let load = support::load_at_start();
-    let reaper = Arc::new(Reaper::new()?);
+    let reaper = Arc::new(Reaper::new("dtma-bench-mcp")?);
     let mut results = Results::default();
     let interrupted = async {
         use tokio::signal::unix::{SignalKind, signal};
@@ -432,7 +311,7 @@ async fn run(s: &Settings, reaper: &Arc<Reaper>, r: &mut Results) -> Result<()> 
     let token = format!("bench-{:016x}", fastrand::u64(..));
     let agent_id = format!("bench-mcp-{run_id}");
     let api = Api {
-        addr: start_agent(s, reaper, &agent_id, &token).await?,
+        addr: start_agent(&s.dtma_bin, reaper, &agent_id, &token, &[]).await?,
         token,
     };
     eprintln!("bench-mcp: agent's local API on {}", api.addr);
@@ -591,198 +470,6 @@ async fn run(s: &Settings, reaper: &Arc<Reaper>, r: &mut Results) -> Result<()> 
         r.compose_startup = Ok(startup);
     }
     Ok(())
-}
-
-// ---------------------------------------------------------------------------------------------
-// The image, ports
-// ---------------------------------------------------------------------------------------------
-
-/// `deploy/test-image.sh SERVER`: builds the image or finds it, prints its reference.
-async fn test_image(server: &Path) -> Result<String> {
-    let out = tokio::process::Command::new("bash")
-        .arg(IMAGE_SCRIPT)
-        .arg(server)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .with_context(|| format!("running bash {IMAGE_SCRIPT}"))?;
-    ensure!(
-        out.status.success(),
-        "{IMAGE_SCRIPT} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    let tag = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    ensure!(
-        tag.starts_with("dtma-test-mcp:"),
-        "{IMAGE_SCRIPT} printed `{tag}`"
-    );
-    Ok(tag)
-}
-
-/// The test image, held by a created (never started) container for the whole run: between
-/// rounds no container runs it, and a test elsewhere that tidies the images of other builds
-/// (`docker rmi` without -f) would remove it then. Built again if it went in between.
-async fn pinned_image(server: &Path, reaper: &Reaper, run_id: &str) -> Result<String> {
-    let pin = format!("ai.agentopia.dtma.bench-pin={run_id}");
-    reaper.track(pin.clone());
-    let mut attempt = 0;
-    loop {
-        let image = test_image(server).await?;
-        let created = docker_ok(&[
-            "create",
-            "--label",
-            &pin,
-            "--network",
-            "none",
-            "--name",
-            &format!("dtma-bench-pin-{run_id}-{attempt}"),
-            &image,
-        ])
-        .await;
-        match created {
-            Ok(()) => return Ok(image),
-            Err(e) if attempt > 0 => {
-                return Err(e.context("creating the container that holds the image"));
-            }
-            Err(_) => attempt += 1,
-        }
-    }
-}
-
-/// `n` distinct ports that were free a moment ago on 127.0.0.1 (all bound at once, then
-/// released for the servers to bind: a container, not this process, must own them).
-fn free_ports(n: usize) -> Result<Vec<u16>> {
-    let listeners = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<Vec<_>>>()?;
-    listeners
-        .iter()
-        .map(|l| Ok(l.local_addr()?.port()))
-        .collect()
-}
-
-// ---------------------------------------------------------------------------------------------
-// The agent and its local API
-// ---------------------------------------------------------------------------------------------
-
-/// Start `dtma` in local-only mode, listening on a port of its choice on 127.0.0.1; return
-/// that address once its log says so.
-async fn start_agent(s: &Settings, reaper: &Reaper, id: &str, token: &str) -> Result<SocketAddr> {
-    let log_path = reaper.dir.join("dtma.log");
-    let log = std::fs::File::create(&log_path)?;
-    let mut cmd = std::process::Command::new(&s.dtma_bin);
-    // Only the settings below: nothing inherited may point the agent elsewhere (DOCKER_HOST
-    // stays, so that the agent and docker-compose use the same daemon).
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy().into_owned();
-        if k.starts_with("DTMA_")
-            || k.starts_with("AGENTOPIA_")
-            || k.starts_with("BACKEND_TO_DTMA_")
-            || k == "PORT"
-            || k == "CREDENTIALS_DIRECTORY"
-            || k == "RUST_LOG"
-        {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("DTMA_BEARER_TOKEN", token)
-        .env("DTMA_AGENT_ID", id)
-        .env("DTMA_LISTEN", "127.0.0.1:0")
-        .env("DTMA_MCP_NETWORK", "host")
-        .env("DTMA_AUDIT_LOG", reaper.dir.join("audit.jsonl"))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
-    // Its own process group: a Ctrl-C reaches only the bench, which then stops the agent.
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("starting {}", s.dtma_bin.display()))?;
-    *lock(&reaper.agent) = Some(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-        // `Local API listening. http_addr=127.0.0.1:PORT`
-        if let Some(addr) = text
-            .lines()
-            .filter(|l| l.contains("Local API listening."))
-            .find_map(|l| l.split_once("http_addr=")?.1.split_whitespace().next())
-        {
-            return addr
-                .parse()
-                .with_context(|| format!("the agent's log names `{addr}` as its address"));
-        }
-        let exited = match lock(&reaper.agent).as_mut() {
-            Some(c) => !matches!(c.try_wait(), Ok(None)),
-            None => true,
-        };
-        if exited || Instant::now() > deadline {
-            let tail: Vec<&str> = text.lines().rev().take(5).collect();
-            bail!(
-                "the agent did not start its local API within 20 s; its log ends with: {}",
-                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-struct Api {
-    addr: SocketAddr,
-    token: String,
-}
-
-impl Api {
-    /// One request on a fresh connection, as a backend or `curl` would send it; returns the
-    /// status and the JSON body.
-    async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, Value)> {
-        tokio::time::timeout(STEP_TIMEOUT, self.exchange(method, path, body))
-            .await
-            .map_err(|_| anyhow!("{method} {path}: no answer within {STEP_TIMEOUT:?}"))?
-    }
-
-    async fn exchange(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<(u16, Value)> {
-        use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
-        let tcp = tokio::net::TcpStream::connect(self.addr).await?;
-        tcp.set_nodelay(true)?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
-        let conn = tokio::spawn(conn);
-        let mut req = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header(HOST, "127.0.0.1")
-            .header(AUTHORIZATION, format!("Bearer {}", self.token));
-        let bytes = match body {
-            Some(b) => {
-                req = req.header(CONTENT_TYPE, "application/json");
-                Bytes::from(b.to_string())
-            }
-            None => Bytes::new(),
-        };
-        let resp = sender.send_request(req.body(Full::new(bytes))?).await?;
-        let status = resp.status().as_u16();
-        let body = resp.into_body().collect().await?.to_bytes();
-        drop(sender);
-        conn.abort();
-        let json = serde_json::from_slice(&body).with_context(|| {
-            format!(
-                "{method} {path}: status {status}, body is not JSON: {}",
-                String::from_utf8_lossy(&body)
-            )
-        })?;
-        Ok((status, json))
-    }
-}
-
-fn group_label(group: &str) -> String {
-    format!("ai.agentopia.dtma.group_id={group}")
 }
 
 /// The backend's deploy body: one server per port, `concurrency` of them started at once.

@@ -348,3 +348,110 @@ fn exit_mode_exits_with_the_given_code() {
     assert!(logs.contains("exit mode"), "{logs}");
     assert!(logs.contains("exiting with status 3"), "{logs}");
 }
+
+/// `docker logs` of `c` (stdout, stderr), polled (bounded, 50 ms apart) until `enough` holds.
+fn logs_until(c: &Container, what: &str, enough: impl Fn(&str) -> bool) -> (String, String) {
+    for _ in 0..LISTEN_ATTEMPTS {
+        let out = docker(&["logs", &c.name]);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if enough(&stdout) {
+            return (stdout, String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("{}: the log never had {what}:\n{}", c.name, c.logs());
+}
+
+fn realtime_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+#[test]
+fn stamp_mode_lines_carry_the_writers_realtime_clock() {
+    let before = realtime_ns();
+    let (c, _port) = start(
+        "discover",
+        &[
+            "MCP_LOG_EVERY_MS=5",
+            "MCP_LOG_MODE=stamp",
+            "MCP_LOG_PREFIX=st",
+        ],
+    );
+    let stamped = |out: &str| -> Vec<(u64, u128)> {
+        out.lines()
+            .filter_map(|l| {
+                let mut w = l.strip_prefix("st ")?.split(' ');
+                let n = w.next()?.parse().ok()?;
+                let ns = w.next()?.parse().ok()?;
+                w.next().is_none().then_some((n, ns))
+            })
+            .collect()
+    };
+    let (out, err) = logs_until(&c, "20 stamped lines", |o| stamped(o).len() >= 20);
+    let after = realtime_ns();
+    let lines = stamped(&out);
+    let numbers: Vec<u64> = lines.iter().map(|l| l.0).collect();
+    assert!(numbers.iter().copied().eq(1..=lines.len() as u64), "{out}");
+    for (n, ns) in &lines {
+        assert!(
+            (before..=after).contains(ns),
+            "line {n}: {ns} is not between {before} and {after}"
+        );
+    }
+    assert!(
+        lines.windows(2).all(|w| w[1].1 >= w[0].1 + 4_000_000),
+        "5 ms apart at least: {out}"
+    );
+    assert!(!err.contains("st "), "stamp lines go to stdout only: {err}");
+}
+
+#[test]
+fn a_sigusr1_burst_writes_exactly_the_bytes_asked_then_a_done_line() {
+    let (c, _port) = start(
+        "discover",
+        &[
+            "MCP_LOG_BYTES=100000",
+            "MCP_LOG_LINE_BYTES=64",
+            "MCP_LOG_PREFIX=b",
+        ],
+    );
+    // Nothing before the signal.
+    assert!(!c.logs().contains("b 1."), "{}", c.logs());
+    for k in 1..=2u64 {
+        let before = realtime_ns();
+        docker_ok(&["kill", "-s", "USR1", &c.name]);
+        let done = format!("b done {k} 100000 ");
+        let (out, _) = logs_until(&c, &done, |o| o.contains(&done));
+        let head = format!("b {k}.");
+        let lines: Vec<&str> = out
+            .split_inclusive('\n')
+            .filter(|l| l.starts_with(&head))
+            .collect();
+        let total: usize = lines.iter().map(|l| l.len()).sum();
+        assert_eq!(total, 100_000, "burst {k}");
+        assert_eq!(lines.len(), 100_000_usize.div_ceil(64), "burst {k}");
+        assert!(lines[..lines.len() - 1].iter().all(|l| l.len() == 64));
+        for (i, l) in lines.iter().enumerate() {
+            assert!(l.starts_with(&format!("b {k}.{} x", i + 1)), "{l:?}");
+        }
+        let stamp = |head: &str| -> u128 {
+            out.lines()
+                .find_map(|l| l.strip_prefix(head))
+                .and_then(|ns| ns.parse().ok())
+                .unwrap_or_else(|| panic!("no `{head}<ns>` line: {out}"))
+        };
+        let start = format!("b start {k} ");
+        let (began, ended) = (stamp(&start), stamp(&done));
+        assert!(before <= began && began <= ended && ended <= realtime_ns());
+        // start, the burst, done: in that order.
+        let (first, last) = (
+            out.find(lines[0]).unwrap(),
+            out.find(lines[lines.len() - 1]).unwrap(),
+        );
+        assert!(out.find(&start).unwrap() < first && out.find(&done).unwrap() > last);
+    }
+    assert!(c.is_running(), "SIGUSR1 must not end the server");
+}

@@ -1,6 +1,6 @@
-//! Shared by the benchmark examples (`bench.rs`, `bench_mcp.rs`): stopping child processes,
-//! what the machine was and how busy it was, and replacing a generated section of
-//! BENCHMARKS.md between its markers.
+//! Shared by the benchmark examples (`bench.rs`, `bench_mcp.rs`, `bench_logs.rs`): stopping
+//! child processes, what the machine was and how busy it was, and replacing a generated
+//! section of BENCHMARKS.md between its markers. The MCP benchmarks also share `mcp.rs`.
 
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};

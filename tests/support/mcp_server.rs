@@ -17,8 +17,19 @@
 //!   - `exit`: prints a few lines to stdout and stderr, then exits with `MCP_EXIT_CODE`
 //!     (default 1).
 //! - `MCP_DELAY_MS`: sleep this long before listening (or, in `exit` mode, before exiting).
-//! - `MCP_LOG_EVERY_MS` (+ `MCP_LOG_PREFIX`, default `log`): a thread prints `<prefix> <n>` to
-//!   stdout every interval, n = 1, 2, ...; every 10th line also to stderr.
+//! - `MCP_LOG_EVERY_MS` (+ `MCP_LOG_PREFIX`, default `log`): a thread prints a line to stdout
+//!   every interval, n = 1, 2, ...; what the line holds depends on `MCP_LOG_MODE`:
+//!   - `count` (the default): `<prefix> <n>`; every 10th line also to stderr;
+//!   - `stamp`: `<prefix> <n> <ns>`, stdout only, where `<ns>` is `CLOCK_REALTIME` in Unix
+//!     nanoseconds read just before the write (a reader on the same host measures the delay).
+//! - `MCP_LOG_BYTES=N` (+ `MCP_LOG_LINE_BYTES`, default 100): on each SIGUSR1 (`docker kill -s
+//!   USR1`), a burst k = 1, 2, ... to stdout: a line `<prefix> start <k> <ns>`, then exactly N
+//!   bytes of lines `<prefix> <k>.<n> xxx...` (each `MCP_LOG_LINE_BYTES` long with its newline,
+//!   the last one shorter if needed) as fast as the pipe takes them, then a line `<prefix> done
+//!   <k> <N> <ns>` (`<ns>` as above: before the first byte, after the last), and idle. A burst
+//!   starts on a signal, not at start, so that a reader can attach first (a follow from the
+//!   start of a long log is not always possible: the agent's `tail` is capped). The ticker of
+//!   `MCP_LOG_EVERY_MS` waits while a burst writes (both hold stdout's lock).
 //! - `MCP_ALLOC_MB`: allocate and touch this many MiB at start and hold them (OOM tests).
 //!
 //! `GET /_dtma/sessions` (not in `http-only` mode) answers the `legacy` session counts as
@@ -26,7 +37,8 @@
 //! `notifications/initialized` in its session and ended it with `DELETE`.
 //!
 //! SIGTERM and SIGINT end the process at once with status 0, so `docker stop` does not wait
-//! for its kill timeout (as PID 1 in a container, a process without a handler ignores them).
+//! for its kill timeout (as PID 1 in a container, a process without a handler ignores them);
+//! SIGUSR1 starts a burst (above), or is ignored.
 //! Bad settings exit with status 64 and a message on stderr.
 #![forbid(unsafe_code)]
 
@@ -48,6 +60,10 @@ const DISCOVER_VERSION: &str = "2026-07-28";
 
 /// Where the session counts are served.
 const SESSIONS_PATH: &str = "/_dtma/sessions";
+
+/// Longest `MCP_LOG_LINE_BYTES`; bursts are written in chunks of about this many bytes.
+const MAX_LINE: usize = 1 << 20;
+const BURST_CHUNK: usize = 64 << 10;
 
 const MAX_HEAD: u64 = 64 << 10;
 const MAX_BODY: usize = 1 << 20;
@@ -73,6 +89,13 @@ impl Mode {
     }
 }
 
+/// What the `MCP_LOG_EVERY_MS` lines hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LogMode {
+    Count,
+    Stamp,
+}
+
 #[derive(Debug)]
 struct Settings {
     port: Option<u16>,
@@ -82,6 +105,9 @@ struct Settings {
     delay: Duration,
     log_every: Option<Duration>,
     log_prefix: String,
+    log_mode: LogMode,
+    burst_bytes: Option<u64>,
+    line_bytes: usize,
     alloc_mb: usize,
 }
 
@@ -129,6 +155,17 @@ impl Settings {
         if log_every == Some(0) {
             return Err("MCP_LOG_EVERY_MS must be at least 1".to_owned());
         }
+        let log_mode = match var("MCP_LOG_MODE")?.as_deref() {
+            None | Some("count") => LogMode::Count,
+            Some("stamp") => LogMode::Stamp,
+            Some(other) => {
+                return Err(format!("MCP_LOG_MODE={other:?}: expected count or stamp"));
+            }
+        };
+        let line_bytes = number::<usize>("MCP_LOG_LINE_BYTES")?.unwrap_or(100);
+        if !(1..=MAX_LINE).contains(&line_bytes) {
+            return Err(format!("MCP_LOG_LINE_BYTES must be 1..={MAX_LINE}"));
+        }
         Ok(Settings {
             port,
             path,
@@ -137,6 +174,9 @@ impl Settings {
             delay: Duration::from_millis(number("MCP_DELAY_MS")?.unwrap_or(0)),
             log_every: log_every.map(Duration::from_millis),
             log_prefix: var("MCP_LOG_PREFIX")?.unwrap_or_else(|| "log".to_owned()),
+            log_mode,
+            burst_bytes: number("MCP_LOG_BYTES")?,
+            line_bytes,
             alloc_mb: number("MCP_ALLOC_MB")?.unwrap_or(0),
         })
     }
@@ -150,7 +190,10 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    if let Err(e) = exit_on_signals() {
+    // Bursts are asked for by SIGUSR1 (see `take_signals`).
+    let (burst_tx, burst_rx) = std::sync::mpsc::channel::<()>();
+    let bursts = settings.burst_bytes.map(|_| burst_tx);
+    if let Err(e) = take_signals(bursts) {
         eprintln!("{NAME}: cannot wait for signals: {e}");
         return ExitCode::from(70);
     }
@@ -165,8 +208,19 @@ fn main() -> ExitCode {
         }
     };
     if let Some(every) = settings.log_every {
-        let prefix = settings.log_prefix.clone();
-        std::thread::spawn(move || log_forever(&prefix, every));
+        let (prefix, mode) = (settings.log_prefix.clone(), settings.log_mode);
+        std::thread::spawn(move || log_forever(&prefix, mode, every));
+    }
+    if let Some(bytes) = settings.burst_bytes {
+        let (prefix, line) = (settings.log_prefix.clone(), settings.line_bytes);
+        std::thread::spawn(move || {
+            for k in 1u64.. {
+                if burst_rx.recv().is_err() {
+                    return;
+                }
+                burst(&prefix, k, bytes, line);
+            }
+        });
     }
     std::thread::sleep(settings.delay);
 
@@ -204,16 +258,28 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Block SIGTERM and SIGINT in every thread and take them in one thread with `sigwait`
-/// (which needs no signal handler, so no unsafe code). Call before spawning threads.
-fn exit_on_signals() -> nix::Result<()> {
+/// Block SIGTERM, SIGINT and SIGUSR1 in every thread and take them in one thread with
+/// `sigwait` (which needs no signal handler, so no unsafe code): the first two end the
+/// process, SIGUSR1 asks `bursts` for a burst (ignored without `MCP_LOG_BYTES`). Call before
+/// spawning threads.
+fn take_signals(bursts: Option<std::sync::mpsc::Sender<()>>) -> nix::Result<()> {
     use nix::sys::signal::{SigSet, Signal};
     let mut set = SigSet::empty();
     set.add(Signal::SIGTERM);
     set.add(Signal::SIGINT);
+    set.add(Signal::SIGUSR1);
     set.thread_block()?;
     std::thread::spawn(move || {
-        if let Ok(sig) = set.wait() {
+        while let Ok(sig) = set.wait() {
+            if sig == Signal::SIGUSR1 {
+                match &bursts {
+                    Some(tx) => {
+                        let _ = tx.send(());
+                    }
+                    None => eprintln!("{NAME}: SIGUSR1 ignored (no MCP_LOG_BYTES)"),
+                }
+                continue;
+            }
             println!("{NAME}: {sig}, exiting");
             let _ = std::io::stdout().flush();
             std::process::exit(0);
@@ -239,20 +305,61 @@ fn allocate(mb: usize) -> Result<Vec<u8>, String> {
     Ok(v)
 }
 
-fn log_forever(prefix: &str, every: Duration) {
+/// `CLOCK_REALTIME` in Unix nanoseconds (0 before 1970).
+fn realtime_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+fn log_forever(prefix: &str, mode: LogMode, every: Duration) {
     for n in 1u64.. {
         {
             let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{prefix} {n}");
+            let _ = match mode {
+                LogMode::Count => writeln!(out, "{prefix} {n}"),
+                LogMode::Stamp => writeln!(out, "{prefix} {n} {}", realtime_ns()),
+            };
             let _ = out.flush();
         }
-        if n % 10 == 0 {
+        if mode == LogMode::Count && n % 10 == 0 {
             let mut err = std::io::stderr().lock();
             let _ = writeln!(err, "{prefix} {n}");
             let _ = err.flush();
         }
         std::thread::sleep(every);
     }
+}
+
+/// Burst `k`: the `start` line, exactly `bytes` bytes of `line`-byte lines written in chunks of
+/// whole lines (one `write` each: stdout's line buffering passes a chunk ending in a newline
+/// straight through), then the `done` line.
+fn burst(prefix: &str, k: u64, bytes: u64, line: usize) {
+    let mut out = std::io::stdout().lock();
+    if writeln!(out, "{prefix} start {k} {}", realtime_ns()).is_err() {
+        return;
+    }
+    let mut chunk = Vec::with_capacity(BURST_CHUNK + line);
+    let (mut left, mut n) = (bytes, 0u64);
+    while left > 0 {
+        n += 1;
+        let len = usize::try_from(left).map_or(line, |l| l.min(line));
+        let head = format!("{prefix} {k}.{n} ");
+        let text = head.as_bytes();
+        let keep = text.len().min(len - 1);
+        chunk.extend_from_slice(&text[..keep]);
+        chunk.resize(chunk.len() + (len - 1 - keep), b'x');
+        chunk.push(b'\n');
+        left -= len as u64;
+        if chunk.len() >= BURST_CHUNK || left == 0 {
+            if out.write_all(&chunk).is_err() {
+                return;
+            }
+            chunk.clear();
+        }
+    }
+    let _ = writeln!(out, "{prefix} done {k} {bytes} {}", realtime_ns());
+    let _ = out.flush();
 }
 
 // ---------------------------------------------------------------------------------------------
