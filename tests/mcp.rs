@@ -9,36 +9,13 @@ mod common;
 
 use common::docker::{docker, docker_ok, free_port, test_image};
 use common::http::{Response, request};
+use common::mcp::{GroupGuard, unique};
 use common::*;
 use dtma_control_plane::Options;
 use dtma_protocol::{AgentMessage, ErrorCode, RequestBody};
 
 /// A secret value that must never show up outside the container's own environment.
 const SECRET: &str = "sk-live-5ecret-value-42";
-
-fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}-{:06x}",
-        std::process::id(),
-        fastrand::u32(..0xffffff)
-    )
-}
-
-/// Removes every container of a group (by label), whatever the test's end.
-struct GroupGuard(String);
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        let ids = docker(&[
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=ai.agentopia.dtma.group_id={}", self.0),
-        ]);
-        for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
-            let _ = docker(&["rm", "-f", id]);
-        }
-    }
-}
 
 /// A container made by the test, not by the agent.
 struct ForeignContainer(String);
@@ -68,13 +45,7 @@ fn group(id: &str, servers: Vec<serde_json::Value>) -> serde_json::Value {
 }
 
 fn config(url: Option<String>) -> dtma::Config {
-    let mut c = dtma::Config::for_channel(TOKEN, None);
-    c.listen = "127.0.0.1:0".parse().unwrap();
-    c.channel = url.map(fast_channel);
-    c.mcp_network = Some("host".into());
-    // Tests share one daemon: each agent its own id (the start-up check touches only its own).
-    c.agent_id = unique("agent");
-    c
+    common::mcp::mcp_config(url)
 }
 
 async fn post(addr: std::net::SocketAddr, path: &str, body: &serde_json::Value) -> Response {

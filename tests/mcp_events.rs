@@ -16,38 +16,15 @@ mod common;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use common::docker::{docker, docker_ok, free_port, test_image};
+use common::docker::{docker_ok, free_port, test_image};
 use common::http::{Response, request};
+use common::mcp::{GroupGuard, unique};
 use common::*;
 use dtma_control_plane::{ControlPlane, Options, StreamRx};
 use dtma_protocol::{
     AgentMessage, Cancel, ErrorCode, McpEvent, McpEventKind, McpEvents, RequestBody, ServerState,
 };
 use tokio_util::sync::CancellationToken;
-
-fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}-{:06x}",
-        std::process::id(),
-        fastrand::u32(..0xffffff)
-    )
-}
-
-/// Removes every container of a group (by label), whatever the test's end.
-struct GroupGuard(String);
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        let ids = docker(&[
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=ai.agentopia.dtma.group_id={}", self.0),
-        ]);
-        for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
-            let _ = docker(&["rm", "-f", id]);
-        }
-    }
-}
 
 fn server(name: &str, port: u16) -> serde_json::Value {
     serde_json::json!({
@@ -62,12 +39,7 @@ fn server(name: &str, port: u16) -> serde_json::Value {
 }
 
 fn config(url: String) -> dtma::Config {
-    let mut c = dtma::Config::for_channel(TOKEN, None);
-    c.listen = "127.0.0.1:0".parse().unwrap();
-    c.channel = Some(fast_channel(url));
-    c.mcp_network = Some("host".into());
-    c.agent_id = unique("agent");
-    c
+    common::mcp::mcp_config(Some(url))
 }
 
 fn http_addr(agent: &InProc) -> std::net::SocketAddr {

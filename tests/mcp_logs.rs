@@ -11,41 +11,14 @@ mod common;
 
 use common::docker::{docker, docker_ok, free_port, test_image};
 use common::http::{Response, request};
+use common::mcp::{GroupGuard, unique};
 use common::*;
 use dtma_control_plane::{Options, StreamRx, output_bytes};
 use dtma_protocol::{AgentMessage, Cancel, ErrorCode, LogsEndReason, ProgressStep, RequestBody};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}-{:06x}",
-        std::process::id(),
-        fastrand::u32(..0xffffff)
-    )
-}
-
-/// Removes every container of a group (by label), whatever the test's end.
-struct GroupGuard(String);
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        let ids = docker(&[
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=ai.agentopia.dtma.group_id={}", self.0),
-        ]);
-        for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
-            let _ = docker(&["rm", "-f", id]);
-        }
-    }
-}
-
 fn config(url: Option<String>) -> dtma::Config {
-    let mut c = dtma::Config::for_channel(TOKEN, None);
-    c.listen = "127.0.0.1:0".parse().unwrap();
-    c.channel = url.map(fast_channel);
-    c.mcp_network = Some("host".into());
-    c.agent_id = unique("agent");
+    let mut c = common::mcp::mcp_config(url);
     // A follow never ends on its own: shutdown must end it when the drain starts, not after
     // the grace period (an hour here, so a follow that held shutdown would time the test out).
     c.shutdown_grace = std::time::Duration::from_secs(3600);

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 pub mod docker;
 pub mod http;
+pub mod mcp;
 
 use dtma::config::{ChannelConfig, Config};
 use dtma_control_plane::{ControlPlane, Options, StreamRx, output_bytes};

@@ -6,51 +6,9 @@ use std::time::Duration;
 
 use super::{SpecError, index_path, quoted};
 
-/// The Linux capability names (capabilities(7), through CAP_CHECKPOINT_RESTORE, Linux 5.9),
-/// without the `CAP_` prefix.
-pub const LINUX_CAPABILITIES: [&str; 41] = [
-    "CHOWN",
-    "DAC_OVERRIDE",
-    "DAC_READ_SEARCH",
-    "FOWNER",
-    "FSETID",
-    "KILL",
-    "SETGID",
-    "SETUID",
-    "SETPCAP",
-    "LINUX_IMMUTABLE",
-    "NET_BIND_SERVICE",
-    "NET_BROADCAST",
-    "NET_ADMIN",
-    "NET_RAW",
-    "IPC_LOCK",
-    "IPC_OWNER",
-    "SYS_MODULE",
-    "SYS_RAWIO",
-    "SYS_CHROOT",
-    "SYS_PTRACE",
-    "SYS_PACCT",
-    "SYS_ADMIN",
-    "SYS_BOOT",
-    "SYS_NICE",
-    "SYS_RESOURCE",
-    "SYS_TIME",
-    "SYS_TTY_CONFIG",
-    "MKNOD",
-    "LEASE",
-    "AUDIT_WRITE",
-    "AUDIT_CONTROL",
-    "SETFCAP",
-    "MAC_OVERRIDE",
-    "MAC_ADMIN",
-    "SYSLOG",
-    "WAKE_ALARM",
-    "BLOCK_SUSPEND",
-    "AUDIT_READ",
-    "PERFMON",
-    "BPF",
-    "CHECKPOINT_RESTORE",
-];
+/// The Linux capability names, without `CAP_`: the wire contract's list (the decoder and the
+/// schema use the same one).
+pub use dtma_protocol::LINUX_CAPABILITIES;
 
 /// Parse `capAdd`: upper-case Linux capability names, with or without `CAP_`. The result has no
 /// prefix, no duplicates, and is sorted. `ALL` is refused: every capability must be named.
