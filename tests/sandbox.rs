@@ -9,7 +9,9 @@
 
 mod common;
 
+use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -26,12 +28,17 @@ const REBOOT_WRONG_MAGIC: &str = "import ctypes, os, platform\n\
     r = libc.syscall(nr, 0, 0, 0, 0)\n\
     print('errno', os.strerror(ctypes.get_errno()) if r != 0 else 'none')";
 
-/// The diagnostics user, created once per machine; a lock file serialises concurrent tests.
+/// The diagnostics user, created once per machine.
 fn diagnostics_user() -> u32 {
+    system_user("dtma-diagnostics").uid.as_raw()
+}
+
+/// A system user, created once per machine; a lock file serialises concurrent tests.
+fn system_user(name: &str) -> nix::unistd::User {
     let lock = std::fs::File::create("/tmp/dtma-sandbox-test-useradd.lock").unwrap();
     lock.lock().unwrap();
-    if let Ok(Some(u)) = nix::unistd::User::from_name("dtma-diagnostics") {
-        return u.uid.as_raw();
+    if let Ok(Some(u)) = nix::unistd::User::from_name(name) {
+        return u;
     }
     let out = Command::new("useradd")
         .args([
@@ -40,15 +47,11 @@ fn diagnostics_user() -> u32 {
             "--shell",
             "/usr/sbin/nologin",
         ])
-        .arg("dtma-diagnostics")
+        .arg(name)
         .output()
         .unwrap();
     assert!(out.status.success(), "useradd: {out:?}");
-    nix::unistd::User::from_name("dtma-diagnostics")
-        .unwrap()
-        .unwrap()
-        .uid
-        .as_raw()
+    nix::unistd::User::from_name(name).unwrap().unwrap()
 }
 
 fn sandboxed(profile: &str, protect: &[&Path], script: &str) -> Output {
@@ -285,4 +288,283 @@ async fn enforce_runs_commands_through_the_local_api_under_the_sandbox() {
         assert_eq!(r["profile"], "admin", "{r}");
         assert_eq!(r["enforcement"], level.as_str(), "{r}");
     }
+}
+
+/// A loopback HTTP server that answers one `GET` with `200 ok` and returns the request line.
+fn serve_once() -> (u16, std::thread::JoinHandle<String>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap() == 1 {
+            head.push(byte[0]);
+        }
+        conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+            .unwrap();
+        let head = String::from_utf8_lossy(&head).into_owned();
+        head.lines().next().unwrap_or_default().to_owned()
+    });
+    (port, server)
+}
+
+/// Whether `tool` is on this machine (the test's own PATH, as `command -v` sees it).
+fn installed(tool: &str) -> bool {
+    Command::new("/bin/sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+/// The ordinary troubleshooting commands must all succeed under each profile that applies. A
+/// tool missing from the machine is skipped and named in the assertion message, never silently.
+#[test]
+fn legitimate_corpus_passes_in_each_profile() {
+    diagnostics_user();
+    system_user("dtma-operator");
+    let scratch = tempfile::tempdir_in("/tmp").unwrap();
+    std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    // (tool that must be installed, script); every script exits 0 when it works.
+    let corpus: Vec<(&str, String)> = vec![
+        ("ps", "ps aux > /dev/null".into()),
+        ("ss", "ss -tln > /dev/null".into()),
+        ("df", "df -h > /dev/null".into()),
+        ("uptime", "uptime > /dev/null".into()),
+        ("cat", "cat /proc/loadavg | grep -Eq '^[0-9.]+ '".into()),
+        (
+            "journalctl",
+            "journalctl -n 5 --no-pager > /dev/null 2>&1 || true".into(),
+        ),
+        (
+            "awk",
+            "grep -v '^#' /etc/passwd | awk -F: '$3 == 0 || /nologin|false/ { print $1 }' \
+             | sed 's/^/user: /' | grep -q '^user: root$'"
+                .into(),
+        ),
+        ("timeout", "timeout 1 sleep 5; test $? -eq 124".into()),
+        ("env", "env | grep -q PATH".into()),
+    ];
+    // The loopback GET: the first client this machine has.
+    let http = [
+        ("curl", "curl -fsS http://127.0.0.1:{port}/health"),
+        ("wget", "wget -qO- http://127.0.0.1:{port}/health"),
+        (
+            "python3",
+            "python3 -c \"import urllib.request; \
+             print(urllib.request.urlopen('http://127.0.0.1:{port}/health').read().decode(), end='')\"",
+        ),
+    ]
+    .into_iter()
+    .find(|(tool, _)| installed(tool));
+    let (mut ran, mut skipped, mut failed) = (Vec::new(), Vec::new(), Vec::new());
+    for (tool, _) in &corpus {
+        match installed(tool) {
+            true => ran.push(*tool),
+            false => skipped.push(format!("{tool}: not installed on this machine")),
+        }
+    }
+    match http {
+        Some((tool, _)) => ran.push(tool),
+        None => skipped.push("loopback GET: none of curl, wget, python3 installed".into()),
+    }
+    for profile in ["diagnostics", "operator", "admin"] {
+        let tmp = scratch.path().join(format!("{profile}-file"));
+        let write = format!(
+            "echo written > {0} && grep -q written {0} && rm {0} && test ! -e {0}",
+            tmp.display()
+        );
+        for (tool, script) in corpus
+            .iter()
+            .filter(|(tool, _)| ran.contains(tool))
+            .map(|(t, s)| (*t, s.clone()))
+            .chain([("tmp", write)])
+        {
+            let out = sandboxed(profile, &[], &script);
+            if !out.status.success() {
+                failed.push(format!("{profile}: {tool}: `{script}`: {out:?}"));
+            }
+        }
+        assert!(!tmp.exists(), "{profile}: {}", tmp.display());
+        if let Some((tool, script)) = http {
+            let (port, server) = serve_once();
+            let script = script.replace("{port}", &port.to_string());
+            let out = sandboxed(profile, &[], &script);
+            if !out.status.success() || out.stdout != b"ok" {
+                failed.push(format!("{profile}: {tool}: `{script}`: {out:?}"));
+            }
+            assert_eq!(server.join().unwrap(), "GET /health HTTP/1.1", "{profile}");
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "failed: {failed:#?}\nran: {ran:?}\nskipped: {skipped:?}"
+    );
+    // The coreutils part of the corpus cannot be skipped: it is what every host has.
+    for tool in ["df", "uptime", "cat", "awk", "timeout", "env"] {
+        assert!(
+            ran.contains(&tool),
+            "{tool}: ran {ran:?}, skipped {skipped:?}"
+        );
+    }
+}
+
+/// A `sleep 300` started by the test, outside any sandbox; killed when dropped.
+struct Target(std::process::Child);
+
+impl Target {
+    fn start(user: Option<&nix::unistd::User>, canary: &str) -> Target {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("300").env("DTMA_TEST_CANARY", canary);
+        if let Some(u) = user {
+            cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
+        }
+        Target(cmd.spawn().unwrap())
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    fn alive(&mut self) -> bool {
+        self.0.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Signals from diagnostics reach only its own processes: a target owned by root is out of
+/// reach by its uid alone, one owned by the diagnostics user itself only by Landlock's signal
+/// scoping (ABI 6). Admin is root and its profile sets no scoping: it can signal any process
+/// (not asserted; the code promises nothing for admin here).
+#[test]
+fn diagnostics_cannot_signal_a_process_outside_the_sandbox() {
+    let user = system_user("dtma-diagnostics");
+    let abi = dtma::exec::sandbox::detected_abi().unwrap_or(0);
+    let mut by_root = Target::start(None, "none");
+    let mut by_user = Target::start(Some(&user), "none");
+    let mut targets: Vec<&mut Target> = vec![&mut by_root];
+    match abi >= 6 {
+        true => targets.push(&mut by_user),
+        false => eprintln!(
+            "Landlock ABI {abi} < 6: signal scoping not available, same-user target not tried"
+        ),
+    }
+    for target in targets {
+        let pid = target.pid();
+        for script in tricks(&format!("kill -0 {pid}"))
+            .into_iter()
+            .chain(tricks(&format!("kill -TERM {pid}")))
+            .chain([format!("set -- -TERM {pid}; kill \"$@\"")])
+        {
+            let out = sandboxed("diagnostics", &[], &script);
+            assert!(!out.status.success(), "{pid}: {script}: {out:?}");
+            assert!(
+                text(&out).contains("Operation not permitted"),
+                "{pid}: {script}: {}",
+                text(&out)
+            );
+            assert!(target.alive(), "{pid} died from: {script}");
+        }
+    }
+    // The control: without the sandbox, the user could signal its own process.
+    let out = Command::new("kill")
+        .args(["-0", &by_user.pid().to_string()])
+        .uid(user.uid.as_raw())
+        .gid(user.gid.as_raw())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(by_user.alive() && by_root.alive());
+}
+
+/// The environment of a process outside the sandbox stays unreadable under diagnostics: by uid
+/// for a root process, by Landlock's ptrace restriction for one of the diagnostics user itself.
+/// Admin is not asserted: on this kernel (6.18) an admin command reads `/proc/<pid>/environ`
+/// (and `maps`, `auxv`, `fd/`) of a root process outside its domain, while `stack` and `exe`
+/// are denied; the module's claim for admin does not hold for `environ` (open finding).
+#[test]
+fn proc_environ_of_a_process_outside_the_sandbox_is_unreadable() {
+    let user = system_user("dtma-diagnostics");
+    let canary = format!(
+        "canary-{}-{:?}",
+        std::process::id(),
+        std::time::SystemTime::now()
+    );
+    let by_root = Target::start(None, &canary);
+    let by_user = Target::start(Some(&user), &canary);
+    // The control: unconfined, the target's own user reads it.
+    let own = format!("/proc/{}/environ", by_user.pid());
+    let out = Command::new("cat")
+        .arg(&own)
+        .uid(user.uid.as_raw())
+        .gid(user.gid.as_raw())
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&canary));
+    for (profile, target) in [("diagnostics", &by_root), ("diagnostics", &by_user)] {
+        let environ = format!("/proc/{}/environ", target.pid());
+        let glob = format!("/proc/{}/enviro?", target.pid());
+        for script in tricks(&format!("cat {environ}"))
+            .into_iter()
+            .chain(tricks(&format!(
+                "python3 -c \"print(open('{environ}', 'rb').read())\""
+            )))
+            .chain([
+                format!("tr '\\0' '\\n' < {environ} | grep CANARY"),
+                format!("cat {glob}"),
+                format!("set -- {environ}; cat \"$@\""),
+            ])
+        {
+            let out = sandboxed(profile, &[], &script);
+            let t = text(&out);
+            assert!(!t.contains(&canary), "{profile}: {script}");
+            assert!(t.contains("Permission denied"), "{profile}: {script}: {t}");
+        }
+    }
+}
+
+/// A setuid-root copy of `id` planted by the test: unconfined it runs as root (the control),
+/// under diagnostics `no_new_privs` keeps the sandbox user's uid.
+#[test]
+fn a_planted_setuid_binary_does_not_raise_privileges() {
+    let user = system_user("dtma-diagnostics");
+    let uid = user.uid.as_raw();
+    let dir = tempfile::Builder::new()
+        .prefix("dtma-sandbox-test-suid-")
+        .tempdir_in("/srv")
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let id = dir.path().join("id");
+    std::fs::copy("/usr/bin/id", &id).unwrap();
+    std::fs::set_permissions(&id, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    let out = Command::new(&id)
+        .arg("-u")
+        .uid(uid)
+        .gid(user.gid.as_raw())
+        .output()
+        .unwrap();
+    assert_eq!(
+        text(&out),
+        "0\n",
+        "the planted binary is not setuid-root here"
+    );
+    let i = id.display();
+    for script in tricks(&format!("{i} -u"))
+        .into_iter()
+        .chain([format!("X=; ${{X:-{i}}} -u"), format!("{i} -u </dev/null")])
+    {
+        let out = sandboxed("diagnostics", &[], &script);
+        assert_eq!(text(&out), format!("{uid}\n"), "{script}");
+        assert!(out.status.success(), "{script}: {out:?}");
+    }
+    std::fs::remove_file(&id).unwrap();
+    assert!(!id.exists());
 }
