@@ -14,9 +14,13 @@
 //! instead of on `/`. Limits of that approach: the ancestors themselves cannot be listed
 //! (`ls /etc` fails while `cat /etc/passwd` works); an entry created in an ancestor after the
 //! launch is not covered; a protected file reachable through another path (a hard link, a bind
-//! mount) is readable there; `/proc/<pid>` of the agent is not carved out (other users cannot
-//! read it, and Landlock's ptrace rules keep a sandboxed process from reading the memory or
-//! environment of a process outside its domain).
+//! mount) is readable there; `/proc/<pid>` of the agent is not carved out. The unprivileged
+//! profiles cannot read it (another user's process; `tests/sandbox.rs` checks `environ`), but
+//! **the admin profile can read the `environ` of root processes outside the sandbox, the
+//! agent's included** (measured on kernel 6.18: `environ`, `maps` and `fd/` readable, `stack` and
+//! `exe` not). An agent that takes its token from the environment therefore exposes it to admin
+//! commands; systemd credentials (`LoadCredential=`) keep it out of the environment. Closing this
+//! is open work of the sandbox issue.
 //!
 //! **Invariant:** nothing here imports an adapter or a service; a profile whose user does not
 //! exist is refused, never run as root.
