@@ -70,40 +70,9 @@ struct Settings {
 
 impl Settings {
     fn load() -> Result<Settings> {
-        fn num(var: &str, default: u64) -> Result<u64> {
-            match std::env::var(var).ok().filter(|v| !v.is_empty()) {
-                Some(v) => v
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| anyhow!("{var} must be a whole number above 0, got `{v}`")),
-                None => Ok(default),
-            }
-        }
-        let mut write = None;
-        let mut args = std::env::args().skip(1);
-        while let Some(a) = args.next() {
-            match a.as_str() {
-                "--write" => write = Some(PathBuf::from(args.next().context("--write FILE")?)),
-                other => bail!("unknown argument `{other}` (only --write FILE)"),
-            }
-        }
-        let dtma_bin = match std::env::var_os("DTMA_BIN") {
-            Some(p) => PathBuf::from(p),
-            None => {
-                let exe = std::env::current_exe()?;
-                // target/release/examples/bench -> target/release/dtma
-                exe.parent()
-                    .and_then(Path::parent)
-                    .map(|d| d.join("dtma"))
-                    .context("cannot locate the dtma binary; set DTMA_BIN")?
-            }
-        };
-        ensure!(
-            dtma_bin.is_file(),
-            "agent binary `{}` not found: run `cargo build --release --bin dtma` (or set DTMA_BIN)",
-            dtma_bin.display()
-        );
+        let num = |var: &str, default: u64| support::env_num(var, default, 1, u64::MAX);
+        let write = support::write_arg()?;
+        let dtma_bin = support::dtma_bin()?;
         Ok(Settings {
             bytes: num("BENCH_BYTES", 1 << 30)?,
             rtt_runs: num("BENCH_RTT_RUNS", 500)? as usize,

@@ -83,41 +83,10 @@ struct Settings {
 impl Settings {
     fn load() -> Result<Settings> {
         fn num(var: &str, default: usize, min: usize, max: usize) -> Result<usize> {
-            match std::env::var(var).ok().filter(|v| !v.is_empty()) {
-                Some(v) => v
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (min..=max).contains(n))
-                    .ok_or_else(|| {
-                        anyhow!("{var} must be a whole number {min}..={max}, got `{v}`")
-                    }),
-                None => Ok(default),
-            }
+            Ok(support::env_num(var, default as u64, min as u64, max as u64)? as usize)
         }
-        let mut write = None;
-        let mut args = std::env::args().skip(1);
-        while let Some(a) = args.next() {
-            match a.as_str() {
-                "--write" => write = Some(PathBuf::from(args.next().context("--write FILE")?)),
-                other => bail!("unknown argument `{other}` (only --write FILE)"),
-            }
-        }
-        let dtma_bin = match std::env::var_os("DTMA_BIN") {
-            Some(p) => PathBuf::from(p),
-            None => {
-                let exe = std::env::current_exe()?;
-                // target/release/examples/bench_mcp -> target/release/dtma
-                exe.parent()
-                    .and_then(Path::parent)
-                    .map(|d| d.join("dtma"))
-                    .context("cannot locate the dtma binary; set DTMA_BIN")?
-            }
-        };
-        ensure!(
-            dtma_bin.is_file(),
-            "agent binary `{}` not found: run `cargo build --release --bin dtma` (or set DTMA_BIN)",
-            dtma_bin.display()
-        );
+        let write = support::write_arg()?;
+        let dtma_bin = support::dtma_bin()?;
         let server_bin = match std::env::var_os("BENCH_MCP_SERVER") {
             Some(p) => PathBuf::from(p),
             None => dtma_bin.with_file_name("dtma-test-mcp"),

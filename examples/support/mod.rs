@@ -171,3 +171,55 @@ pub fn replace_section(
     std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
+
+/// `VAR` as a whole number in `min..=max`, `default` when unset or empty.
+pub fn env_num(var: &str, default: u64, min: u64, max: u64) -> Result<u64> {
+    match std::env::var(var).ok().filter(|v| !v.is_empty()) {
+        Some(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (min..=max).contains(n))
+            .ok_or_else(|| {
+                anyhow::anyhow!("{var} must be a whole number {min}..={max}, got `{v}`")
+            }),
+        None => Ok(default),
+    }
+}
+
+/// The benches' one argument: `--write FILE` (where the results section goes).
+pub fn write_arg() -> Result<Option<std::path::PathBuf>> {
+    let mut write = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--write" => {
+                write = Some(std::path::PathBuf::from(
+                    args.next().context("--write FILE")?,
+                ))
+            }
+            other => anyhow::bail!("unknown argument `{other}` (only --write FILE)"),
+        }
+    }
+    Ok(write)
+}
+
+/// The release `dtma` binary beside the running example (or `DTMA_BIN`).
+pub fn dtma_bin() -> Result<std::path::PathBuf> {
+    let bin = match std::env::var_os("DTMA_BIN") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => {
+            let exe = std::env::current_exe()?;
+            // target/release/examples/<bench> -> target/release/dtma
+            exe.parent()
+                .and_then(Path::parent)
+                .map(|d| d.join("dtma"))
+                .context("cannot locate the dtma binary; set DTMA_BIN")?
+        }
+    };
+    anyhow::ensure!(
+        bin.is_file(),
+        "agent binary `{}` not found: run `cargo build --release --bin dtma` (or set DTMA_BIN)",
+        bin.display()
+    );
+    Ok(bin)
+}
