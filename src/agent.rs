@@ -99,7 +99,8 @@ impl Agent {
     /// kernel cannot enforce refuses the profiles it cannot confine ([`sandbox::assess`]).
     pub fn with_logs(config: Config, logs: Arc<LogRing>) -> Result<Arc<Agent>, StartError> {
         let policy = Policy::new(&config.policy).map_err(|e| StartError::Policy(e.to_string()))?;
-        let enforcement = sandbox::assess(&config.exec.sandbox, sandbox::detected_abi());
+        let root = nix::unistd::geteuid().is_root();
+        let enforcement = sandbox::assess(&config.exec.sandbox, sandbox::detected_abi(), root);
         Ok(Arc::new(Agent {
             policy,
             enforcement,

@@ -16,7 +16,17 @@ fn main() -> ExitCode {
         eprintln!("dtma sandbox-exec: {error}");
         return ExitCode::from(error.exit_code());
     }
-    let config = match Config::load(&Sources::from_process()) {
+    // Secrets given by environment or flag leave /proc/<pid>/environ and cmdline: the agent
+    // re-execs itself with them in a memfd (src/config/handoff.rs). Returns only if it cannot.
+    let handoff = dtma::config::handoff::reexec_without_secrets();
+    let sources = match Sources::from_process() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("dtma: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    let config = match Config::load(&sources) {
         Ok(Action::Run(config)) => *config,
         Ok(Action::Print(text)) => {
             print!("{text}");
@@ -42,6 +52,9 @@ fn main() -> ExitCode {
         )
         .with(dtma::logring::RingLayer(logs.clone()))
         .init();
+    if let Err(e) = handoff {
+        tracing::warn!(error = %e, "Secrets given by environment or flag stay readable in /proc/<pid>/environ and cmdline; prefer token files or systemd credentials.");
+    }
     dtma::raise_fd_limit();
     tracing::info!(version = dtma::VERSION, config = ?config, "Starting.");
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -142,6 +142,22 @@ fn protected_files_are_unreadable_however_the_read_is_written() {
     std::fs::write(&sibling, "readable\n").unwrap();
     let f = secret.display();
     let glob = f.to_string().replace("planted", "plant[e]d");
+    // The agent's binary: readable and runnable, never writable (read-only mount).
+    let binary = std::fs::canonicalize(DTMA).unwrap();
+    let out = sandboxed(
+        "admin",
+        &[],
+        &format!(
+            "test -r {0} && echo readable; echo x >> {0}",
+            binary.display()
+        ),
+    );
+    assert!(text(&out).starts_with("readable\n"), "{}", text(&out));
+    assert!(
+        text(&out).contains("Read-only file system"),
+        "{}",
+        text(&out)
+    );
     for profile in ["diagnostics", "admin"] {
         for script in tricks(&format!("cat {f}"))
             .into_iter()
@@ -152,15 +168,29 @@ fn protected_files_are_unreadable_however_the_read_is_written() {
             let t = text(&out);
             assert!(!out.status.success(), "{profile}: {script}: {t}");
             assert!(!t.contains("planted-secret-value"), "{profile}: {script}");
-            // A glob cannot even list the protected file's directory: it stays unexpanded.
-            let expected = match script.contains("[e]") {
-                true => "No such file",
-                false => "Permission denied",
-            };
-            assert!(t.contains(expected), "{profile}: {script}: {t}");
+            assert!(t.contains("Permission denied"), "{profile}: {script}: {t}");
         }
-        let out = sandboxed(profile, &[&secret], &format!("cat {}", sibling.display()));
-        assert_eq!(text(&out), "readable\n", "{profile}");
+        // Nor changed, moved or removed, even by admin (root).
+        for script in [
+            format!("echo overwritten > {f}"),
+            format!("mv {f} {f}.moved"),
+            format!("rm -f {f}"),
+            format!("truncate -s 0 {f}"),
+        ] {
+            let out = sandboxed(profile, &[&secret], &script);
+            assert!(!out.status.success(), "{profile}: {script}: {out:?}");
+        }
+        assert_eq!(
+            std::fs::read_to_string(&secret).unwrap(),
+            "planted-secret-value\n"
+        );
+        // Masks, not carve-outs: the directory around it stays listable and usable.
+        let out = sandboxed(
+            profile,
+            &[&secret],
+            &format!("cat {}; ls {}", sibling.display(), dir.path().display()),
+        );
+        assert_eq!(text(&out), "readable\nplanted\nsibling\n", "{profile}");
     }
     // The machine's own secret stores, for the unprivileged profile.
     let out = sandboxed("diagnostics", &[], "cat /etc/shadow; ls /root");
@@ -544,4 +574,121 @@ fn a_planted_setuid_binary_does_not_raise_privileges() {
     }
     std::fs::remove_file(&id).unwrap();
     assert!(!id.exists());
+}
+
+/// An admin command (root, in the admin profile) cannot take the agent's secrets from its
+/// process: the token and the key given by environment are not in `/proc/<agent>/environ` (the
+/// agent re-execs itself and keeps them in memory only), and `mem`, `fd/`, `root` and `cwd` are
+/// denied (Landlock's ptrace rule), while both secrets still authenticate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_cannot_read_the_agents_secrets_from_its_proc_entries() {
+    use tokio::io::AsyncBufReadExt;
+    const ENV_TOKEN: &str = "canary-token-from-env-0123456789";
+    const ENV_KEY: &str = "canary-key-from-env-too-0123456789";
+    let port = common::docker::free_port();
+    let mut child = tokio::process::Command::new(DTMA)
+        .env_clear()
+        .env("BACKEND_TO_DTMA_API_KEY", ENV_KEY)
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DTMA_BEARER_TOKEN", ENV_TOKEN)
+        .env("DTMA_LISTEN", format!("127.0.0.1:{port}"))
+        .env("DTMA_AUDIT_LOG", "-")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let (listening_tx, listening) = tokio::sync::oneshot::channel();
+    let reader = tokio::spawn(async move {
+        let (mut log, mut tx) = (String::new(), Some(listening_tx));
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("Local API listening")
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(());
+            }
+            log.push_str(&line);
+            log.push('\n');
+        }
+        log
+    });
+    within(20, "the agent's start", listening).await.unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // The reads run from a script file: the shell policy's guard rails would stop them on the
+    // command line, and this test is about what the kernel allows.
+    let scripts = tempfile::tempdir().unwrap();
+    let exec = async |secret: &str, script: String| {
+        let file = scripts.path().join(format!("s{}.sh", script.len()));
+        std::fs::write(&file, &script).unwrap();
+        let command = format!("sh {}", file.display());
+        let body = serde_json::json!({ "command": command }).to_string();
+        let auth = format!("Bearer {secret}");
+        let r = request(
+            addr,
+            "POST",
+            "/ssh/execute",
+            Some(&auth),
+            Some(body.as_bytes()),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{r:?}");
+        r.json()
+    };
+    let p = format!("/proc/{pid}");
+    let read = exec(
+        ENV_TOKEN,
+        format!("tr '\\0' '\\n' < {p}/environ; tr '\\0' ' ' < {p}/cmdline; echo"),
+    )
+    .await;
+    let out = read["stdout"].as_str().unwrap();
+    // The reads worked (so the test would see a secret if it were there) ...
+    assert!(
+        out.contains(&format!("DTMA_LISTEN=127.0.0.1:{port}")),
+        "{read}"
+    );
+    assert!(
+        out.contains("--backend-api-key") || out.contains("dtma"),
+        "{read}"
+    );
+    // ... and found neither secret.
+    assert!(!out.contains(ENV_TOKEN) && !out.contains(ENV_KEY), "{read}");
+    let denied = exec(
+        ENV_KEY,
+        format!(
+            "head -c 16 {p}/mem; readlink {p}/root {p}/cwd {p}/fd/0; cat {p}/fd/* ; \
+             grep -a -c canary {p}/fd/* ; echo done"
+        ),
+    )
+    .await;
+    let all = format!("{}{}", denied["stdout"], denied["stderr"]);
+    assert!(
+        denied["stdout"].as_str().unwrap().ends_with("done\n"),
+        "{denied}"
+    );
+    assert!(
+        !all.contains(ENV_TOKEN) && !all.contains(ENV_KEY),
+        "{denied}"
+    );
+    assert!(
+        all.contains(&format!("{p}/mem' for reading: Permission denied")),
+        "{denied}"
+    );
+    assert!(
+        !denied["stdout"].as_str().unwrap().contains('/'),
+        "no link was read: {denied}"
+    );
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait().await;
+    let log = reader.await.unwrap();
+    assert!(!log.contains(ENV_TOKEN) && !log.contains(ENV_KEY));
+    assert!(
+        !log.contains("stay readable in /proc"),
+        "the hand-off worked: {log}"
+    );
 }

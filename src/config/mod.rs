@@ -8,6 +8,7 @@
 //! - `validate`: the rules every merged value must meet, and the [`Config`] they make.
 //! - this module: the output types the rest of the agent uses.
 
+pub mod handoff;
 mod validate;
 
 pub mod settings;
@@ -274,13 +275,14 @@ impl ChannelConfig {
     }
 }
 
-/// Variables that hold secrets: never passed to children.
-pub const SECRET_VARS: [&str; 5] = [
+/// Variables that hold secrets or point at them: never passed to children.
+pub const SECRET_VARS: [&str; 6] = [
     "DTMA_BEARER_TOKEN",
     "BACKEND_TO_DTMA_API_KEY",
     "DTMA_BEARER_TOKEN_FILE",
     "BACKEND_TO_DTMA_API_KEY_FILE",
     "CREDENTIALS_DIRECTORY",
+    handoff::FD_VAR,
 ];
 
 /// Default path of the connect endpoint below `AGENTOPIA_API_BASE_URL`.
@@ -302,12 +304,15 @@ pub struct Sources {
 }
 
 impl Sources {
-    /// The real process arguments and environment (which need not be UTF-8).
-    pub fn from_process() -> Self {
-        Sources {
+    /// The real process arguments and environment (which need not be UTF-8), with the
+    /// secrets a previous image of the agent handed over ([`handoff`]).
+    pub fn from_process() -> Result<Self, handoff::Error> {
+        let mut env = std::env::vars_os().collect();
+        handoff::receive(&mut env)?;
+        Ok(Sources {
             args: std::env::args_os().skip(1).collect(),
-            env: std::env::vars_os().collect(),
-        }
+            env,
+        })
     }
 }
 

@@ -7,20 +7,20 @@
 //! Landlock ruleset and a seccomp filter, and `exec`s the shell. The pid stays the same, so the
 //! engine's process group, timeouts and cancel are those of the shell.
 //!
-//! Landlock is an allow-list: a right granted on a directory covers everything beneath it. A
-//! path that must stay unreadable ("protected": the agent's credentials, config file, audit log
-//! directory, binary, and `/etc/shadow`, `/root`, `/run/credentials`) is therefore carved out by
-//! granting the rights on each *sibling* of the protected path and of each of its ancestors,
-//! instead of on `/`. Limits of that approach: the ancestors themselves cannot be listed
-//! (`ls /etc` fails while `cat /etc/passwd` works); an entry created in an ancestor after the
-//! launch is not covered; a protected file reachable through another path (a hard link, a bind
-//! mount) is readable there; `/proc/<pid>` of the agent is not carved out. The unprivileged
-//! profiles cannot read it (another user's process; `tests/sandbox.rs` checks `environ`), but
-//! **the admin profile can read the `environ` of root processes outside the sandbox, the
-//! agent's included** (measured on kernel 6.18: `environ`, `maps` and `fd/` readable, `stack` and
-//! `exe` not). An agent that takes its token from the environment therefore exposes it to admin
-//! commands; systemd credentials (`LoadCredential=`) keep it out of the environment. Closing this
-//! is open work of the sandbox issue.
+//! The agent's own files are masked, not carved out of the Landlock rules: before it drops its
+//! privileges the launcher enters a private mount namespace (no propagation back to the host)
+//! and mounts over each protected path: an empty read-only tmpfs over a directory, `/dev/null`
+//! on a read-only `nodev` bind over a file (opening it fails with EACCES). "Hidden" paths (the
+//! credentials, token files, config file, audit log directory; for the unprivileged profiles also
+//! `/etc/shadow`, `/etc/gshadow`, `/root`, `/run/credentials`) can be neither read nor written;
+//! "read-only" paths (the agent's binary and its systemd unit, which are not secret) can be read
+//! and run but not changed, moved or deleted (EROFS/EBUSY). A Landlock domain may not mount or
+//! unmount, so a command cannot lift a mask; the rest of the filesystem is untouched, so `ls /etc`
+//! and `sed -i /etc/hosts` work. The agent's `/proc/<pid>/mem`, `fd/`, `root` and `cwd` are
+//! behind the kernel's ptrace check, which Landlock denies towards processes outside the domain,
+//! whatever the capabilities; `environ` is not, so the agent keeps no secret there
+//! (`config::handoff`). Masking needs root: an agent that is not root protects nothing from
+//! admin commands and cannot run the other profiles (listed by [`assess`]).
 //!
 //! **Invariant:** nothing here imports an adapter or a service; a profile whose user does not
 //! exist is refused, never run as root.
@@ -46,8 +46,15 @@ use crate::config::{
     DEFAULT_DIAGNOSTICS_USER as DIAGNOSTICS_USER, DEFAULT_OPERATOR_USER as OPERATOR_USER,
 };
 
-/// Paths no profile may read or write, whatever the configuration.
-const ALWAYS_PROTECTED: &[&str] = &["/etc/shadow", "/etc/gshadow", "/root", "/run/credentials"];
+/// Paths the unprivileged profiles may neither read nor write, whatever the configuration.
+const ALWAYS_HIDDEN: &[&str] = &["/etc/shadow", "/etc/gshadow", "/root", "/run/credentials"];
+/// The agent's systemd unit where the package or an operator installs it: read-only to commands.
+const UNITS: &[&str] = &[
+    "/etc/systemd/system/dtma.service",
+    "/etc/systemd/system/dtma.service.d",
+    "/usr/lib/systemd/system/dtma.service",
+    "/lib/systemd/system/dtma.service",
+];
 /// Scratch: the only places the unprivileged profiles may write.
 const SCRATCH: &[&str] = &["/tmp", "/var/tmp", "/dev/shm"];
 /// Character devices every shell writes to (`2>/dev/null`).
@@ -231,17 +238,24 @@ fn confine(launch: &Launch) -> Result<(), Error> {
     } else {
         None
     };
-    // admin keeps the machine's secret stores (it administers them) and protects only the agent:
-    // carving /etc out for /etc/shadow would also stop it creating files directly in /etc.
-    let mut protected: Vec<PathBuf> = match unprivileged(profile) {
-        true => ALWAYS_PROTECTED.iter().map(PathBuf::from).collect(),
+    // admin keeps the machine's secret stores (it administers them) and is denied only the
+    // agent's own files.
+    let mut hidden: Vec<PathBuf> = match unprivileged(profile) {
+        true => ALWAYS_HIDDEN.iter().map(PathBuf::from).collect(),
         false => Vec::new(),
     };
-    protected.extend(launch.protect.iter().cloned());
+    hidden.extend(launch.protect.iter().cloned());
+    let mut read_only: Vec<PathBuf> = UNITS.iter().map(PathBuf::from).collect();
     if let Ok(me) = std::env::current_exe() {
-        protected.push(me);
+        read_only.push(me);
     }
-    let protected = canonical(&protected);
+    let hidden = canonical(&hidden);
+    let read_only: Vec<PathBuf> = canonical(&read_only)
+        .into_iter()
+        .filter(|p| !hidden.iter().any(|h| p.starts_with(h)))
+        .collect();
+    // Needs CAP_SYS_ADMIN: before the user switch, and before Landlock forbids mounts.
+    mask(&hidden, &read_only)?;
 
     nix::sys::prctl::set_no_new_privs().map_err(|e| setup("no_new_privs")(e.to_string()))?;
     if let Some(user) = &user {
@@ -269,7 +283,7 @@ fn confine(launch: &Launch) -> Result<(), Error> {
         }
     }
 
-    let status = landlock(profile, &protected)?;
+    let status = landlock(profile)?;
     if status == RulesetStatus::NotEnforced && unprivileged(profile) && !launch.accept_no_landlock {
         return Err(Error::NoLandlock {
             profile: profile.name(),
@@ -295,75 +309,96 @@ fn canonical(paths: &[PathBuf]) -> Vec<PathBuf> {
     out
 }
 
-/// The paths to grant a right "everywhere except `protected`": `/` itself when nothing is
-/// protected, else every entry of `/` and of each ancestor of a protected path, except the
-/// protected paths and those ancestors.
-pub fn everywhere_except(protected: &[PathBuf]) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    walk(Path::new("/"), protected, &mut out);
-    out
-}
-
-fn walk(dir: &Path, protected: &[PathBuf], out: &mut Vec<PathBuf>) {
-    if protected.iter().any(|p| p == dir) {
-        return;
-    }
-    if !protected.iter().any(|p| p.starts_with(dir)) {
-        out.push(dir.to_owned());
-        return;
-    }
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
+/// Enter a private mount namespace and mask `hidden` (unreadable, unwritable) and `read_only`
+/// paths (see the module doc). Paths are canonical and exist.
+fn mask(hidden: &[PathBuf], read_only: &[PathBuf]) -> Result<(), Error> {
+    use nix::mount::{MsFlags, mount};
+    let none: Option<&str> = None;
+    let err = |what: &str, path: &Path| {
+        let what = format!("{what} {}", path.display());
+        move |e: nix::errno::Errno| setup("mount namespace")(format!("{what}: {e}"))
     };
-    for entry in entries.flatten() {
-        walk(&entry.path(), protected, out);
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .map_err(|e| setup("mount namespace")(format!("unshare: {e}")))?;
+    // Nothing mounted here propagates back to the host's namespace.
+    mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
+        .map_err(err("make private", Path::new("/")))?;
+    let locked = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    for path in hidden {
+        if path.is_dir() {
+            mount(
+                Some("tmpfs"),
+                path,
+                Some("tmpfs"),
+                locked,
+                Some("size=4k,mode=000"),
+            )
+            .map_err(err("hide", path))?;
+        } else {
+            mount(Some("/dev/null"), path, none, MsFlags::MS_BIND, none)
+                .map_err(err("hide", path))?;
+            mount(
+                none,
+                path,
+                none,
+                MsFlags::MS_REMOUNT | MsFlags::MS_BIND | locked,
+                none,
+            )
+            .map_err(err("lock", path))?;
+        }
     }
+    for path in read_only {
+        mount(
+            Some(path),
+            path,
+            none,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            none,
+        )
+        .map_err(err("bind", path))?;
+        let flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY;
+        mount(none, path, none, flags, none).map_err(err("make read-only", path))?;
+    }
+    Ok(())
 }
 
-fn landlock(profile: Profile, protected: &[PathBuf]) -> Result<RulesetStatus, Error> {
-    let err = setup("landlock");
-    let e = |e: landlock::RulesetError| e.to_string();
+fn landlock(profile: Profile) -> Result<RulesetStatus, Error> {
+    let e = |e: landlock::RulesetError| setup("landlock")(e.to_string());
     let all = AccessFs::from_all(LANDLOCK_ABI);
-    let mut ruleset = Ruleset::default()
-        .handle_access(all)
-        .map_err(e)
-        .map_err(setup("landlock"))?;
+    let mut ruleset = Ruleset::default().handle_access(all).map_err(e)?;
     if unprivileged(profile) {
         // Scoping is best effort: a kernel before ABI 6 keeps signals and abstract sockets open.
         ruleset = ruleset
             .set_compatibility(CompatLevel::BestEffort)
             .scope(Scope::from_all(LANDLOCK_ABI))
-            .map_err(e)
-            .map_err(setup("landlock"))?;
+            .map_err(e)?;
     }
-    let mut created: RulesetCreated = ruleset.create().map_err(e).map_err(setup("landlock"))?;
-    let everywhere = everywhere_except(protected);
+    let mut created: RulesetCreated = ruleset.create().map_err(e)?;
     let read = AccessFs::from_read(LANDLOCK_ABI) | AccessFs::IoctlDev;
-    let granted = if unprivileged(profile) { read } else { all };
-    let mut rules: Vec<(PathBuf, landlock::BitFlags<AccessFs>)> =
-        everywhere.into_iter().map(|p| (p, granted)).collect();
+    let mut rules: Vec<(&str, landlock::BitFlags<AccessFs>)> = Vec::new();
     if unprivileged(profile) {
-        rules.extend(SCRATCH.iter().map(|p| (PathBuf::from(p), all)));
+        rules.push(("/", read));
+        rules.extend(SCRATCH.iter().map(|p| (*p, all)));
         rules.extend(
             DEVICES
                 .iter()
-                .map(|p| (PathBuf::from(p), AccessFs::from_file(LANDLOCK_ABI))),
+                .map(|p| (*p, AccessFs::from_file(LANDLOCK_ABI))),
         );
+    } else {
+        // Everything: admin's limits are the masks, the ptrace rule of the domain, and seccomp.
+        rules.push(("/", all));
     }
     for (path, access) in rules {
-        // A path that vanished since the walk protects nothing and grants nothing.
-        let Ok(fd) = PathFd::new(&path) else { continue };
-        let access = if path.is_dir() {
+        // A scratch directory or device this machine lacks grants nothing.
+        let Ok(fd) = PathFd::new(path) else { continue };
+        let access = if Path::new(path).is_dir() {
             access
         } else {
             access & AccessFs::from_file(LANDLOCK_ABI)
         };
-        created = created
-            .add_rule(PathBeneath::new(fd, access))
-            .map_err(e)
-            .map_err(setup("landlock"))?;
+        created = created.add_rule(PathBeneath::new(fd, access)).map_err(e)?;
     }
-    let status = created.restrict_self().map_err(e).map_err(err)?;
+    let status = created.restrict_self().map_err(e)?;
     Ok(status.ruleset)
 }
 
@@ -482,13 +517,14 @@ pub fn detected_abi() -> Option<u8> {
 }
 
 /// What the profiles enforce with `config` on a kernel with Landlock ABI `abi` (from
-/// [`detected_abi`]; a parameter so tests can feed any kernel). Pure: no I/O.
+/// [`detected_abi`]; a parameter so tests can feed any kernel), in an agent that is `root` or
+/// not. Pure: no I/O.
 ///
 /// Fails closed per profile, not for the agent: the unprivileged profiles are refused
 /// (`refused_profiles`) when the sandbox is off, or when the kernel has no usable Landlock and
 /// the configuration does not accept the weaker sandbox; `admin` always runs (it is root either
 /// way), with what the kernel offers, and each protection that does not hold is listed.
-pub fn assess(config: &crate::config::SandboxConfig, abi: Option<u8>) -> Enforcement {
+pub fn assess(config: &crate::config::SandboxConfig, abi: Option<u8>, root: bool) -> Enforcement {
     let unprivileged = vec![Profile::Diagnostics, Profile::Operator];
     if !config.enforce {
         return Enforcement {
@@ -513,16 +549,16 @@ pub fn assess(config: &crate::config::SandboxConfig, abi: Option<u8>) -> Enforce
             };
             if config.accept_no_landlock {
                 degradations.push(format!(
-                    "{problem} (accepted by DTMA_SANDBOX_ACCEPT_NO_LANDLOCK): no filesystem rules; diagnostics and operator commands can read and write whatever their user may"
+                    "{problem} (accepted by DTMA_SANDBOX_ACCEPT_NO_LANDLOCK): no filesystem rules; diagnostics and operator commands can write wherever their user may"
                 ));
             } else {
                 degradations.push(format!(
-                    "{problem}: diagnostics and operator commands are refused (DTMA_SANDBOX_ACCEPT_NO_LANDLOCK=true runs them with their user and seccomp only)"
+                    "{problem}: diagnostics and operator commands are refused (DTMA_SANDBOX_ACCEPT_NO_LANDLOCK=true runs them with their user, masks and seccomp only)"
                 ));
                 refused_profiles = unprivileged;
             }
             degradations.push(
-                "admin commands can read and write the agent's own files (no Landlock)".to_owned(),
+                "without Landlock an admin command can lift the masks over the agent's files (mount is not denied to admin) and trace processes outside its sandbox".to_owned(),
             );
         }
         Some(a) => {
@@ -540,6 +576,12 @@ pub fn assess(config: &crate::config::SandboxConfig, abi: Option<u8>) -> Enforce
                 }
             }
         }
+    }
+    if !root {
+        degradations.push(
+            "the agent is not root: it cannot switch users or mask its own files, so diagnostics and operator commands are refused and admin commands can read and write the agent's files".to_owned(),
+        );
+        refused_profiles = vec![Profile::Diagnostics, Profile::Operator];
     }
     Enforcement {
         mode: Mode::Enforce,
@@ -598,7 +640,7 @@ mod tests {
 
     #[test]
     fn enforce_without_landlock_refuses_the_unprivileged_profiles_unless_accepted() {
-        let e = assess(&enforcing(false), None);
+        let e = assess(&enforcing(false), None, true);
         assert_eq!((e.mode, e.level), (Mode::Enforce, Level::Partial));
         assert!(refuses(&e, Profile::Diagnostics) && refuses(&e, Profile::Operator));
         assert!(!refuses(&e, Profile::Admin));
@@ -607,7 +649,7 @@ mod tests {
             e.degradations[0].contains("DTMA_SANDBOX_ACCEPT_NO_LANDLOCK"),
             "{e:?}"
         );
-        let weak = assess(&enforcing(true), None);
+        let weak = assess(&enforcing(true), None, true);
         assert_eq!((weak.mode, weak.level), (Mode::Enforce, Level::Partial));
         assert!(weak.refused_profiles.is_empty(), "{weak:?}");
         assert!(
@@ -619,15 +661,15 @@ mod tests {
 
     #[test]
     fn older_abis_are_partial_with_each_missing_right_listed() {
-        let full = assess(&enforcing(false), Some(6));
+        let full = assess(&enforcing(false), Some(6), true);
         assert_eq!(full.level, Level::Full);
         assert!(full.degradations.is_empty() && full.refused_profiles.is_empty());
         assert_eq!(audit_level(&full), "full");
-        let abi1 = assess(&enforcing(false), Some(1));
+        let abi1 = assess(&enforcing(false), Some(1), true);
         assert_eq!(abi1.level, Level::Partial);
         assert_eq!(abi1.degradations.len(), 3, "{abi1:?}");
         assert!(abi1.refused_profiles.is_empty());
-        let abi5 = assess(&enforcing(false), Some(5));
+        let abi5 = assess(&enforcing(false), Some(5), true);
         assert_eq!(abi5.degradations.len(), 1, "{abi5:?}");
         assert!(abi5.degradations[0].contains("signals"));
     }
@@ -640,11 +682,20 @@ mod tests {
                 ..Default::default()
             },
             Some(6),
+            true,
         );
         assert_eq!((off.mode, off.level), (Mode::Off, Level::None));
         assert!(off.degradations[0].contains("unconfined"));
         assert!(refuses(&off, Profile::Operator) && !refuses(&off, Profile::Admin));
         assert_eq!(audit_level(&off), "off");
+    }
+
+    #[test]
+    fn an_agent_that_is_not_root_refuses_the_unprivileged_profiles() {
+        let e = assess(&enforcing(false), Some(6), false);
+        assert_eq!(e.level, Level::Partial);
+        assert!(refuses(&e, Profile::Diagnostics) && !refuses(&e, Profile::Admin));
+        assert!(e.degradations[0].contains("not root"), "{e:?}");
     }
 
     #[test]
@@ -678,20 +729,5 @@ mod tests {
             let e = Launch::parse(args.iter().map(OsString::from)).unwrap_err();
             assert_eq!(e.exit_code(), EXIT_USAGE, "{args:?}");
         }
-    }
-
-    #[test]
-    fn everywhere_except_skips_protected_paths_and_their_ancestors() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = std::fs::canonicalize(dir.path()).unwrap();
-        for p in ["a/secret", "a/open", "b"] {
-            std::fs::create_dir_all(root.join(p)).unwrap();
-        }
-        let got = everywhere_except(&[root.join("a/secret")]);
-        assert!(got.contains(&root.join("a/open")));
-        assert!(got.contains(&root.join("b")));
-        assert!(!got.iter().any(|p| root.join("a/secret").starts_with(p)));
-        assert!(got.contains(&PathBuf::from("/usr")));
-        assert_eq!(everywhere_except(&[]), vec![PathBuf::from("/")]);
     }
 }
