@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::docker::DockerClient;
 use crate::exec::sandbox::{self, Enforcement};
 use crate::logring::LogRing;
+use crate::metrics::Metrics;
 use crate::policy::{Policy, Role};
 use crate::status::Sampler;
 
@@ -69,6 +70,8 @@ pub struct Agent {
     auth: Auth,
     docker: DockerClient,
     logs: Arc<LogRing>,
+    /// The agent's metrics: the wiring (`lib.rs`) builds the one registry; services count here.
+    metrics: Arc<Metrics>,
     /// Where the local API actually listens (set once bound).
     http_addr: OnceLock<SocketAddr>,
 }
@@ -94,10 +97,20 @@ impl Agent {
         Self::with_logs(config, LogRing::new())
     }
 
-    /// The agent with the log ring the process's subscriber feeds. Fails closed: a policy that
-    /// does not compile stops the start instead of falling back to fewer rules. A sandbox the
-    /// kernel cannot enforce refuses the profiles it cannot confine ([`sandbox::assess`]).
+    /// The agent with the log ring the process's subscriber feeds and its own metrics.
     pub fn with_logs(config: Config, logs: Arc<LogRing>) -> Result<Arc<Agent>, StartError> {
+        Self::build(config, logs, Arc::new(Metrics::new()))
+    }
+
+    /// The agent with the log ring the process's subscriber feeds and the metrics registry the
+    /// wiring built. Fails closed: a policy that does not compile stops the start instead of
+    /// falling back to fewer rules. A sandbox the kernel cannot enforce refuses the profiles it
+    /// cannot confine ([`sandbox::assess`]).
+    pub fn build(
+        config: Config,
+        logs: Arc<LogRing>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Agent>, StartError> {
         let policy = Policy::new(&config.policy).map_err(|e| StartError::Policy(e.to_string()))?;
         let root = nix::unistd::geteuid().is_root();
         let enforcement = sandbox::assess(&config.exec.sandbox, sandbox::detected_abi(), root);
@@ -108,10 +121,13 @@ impl Agent {
                 config.audit.path.clone(),
                 config.audit.max_bytes,
                 config.audit.keep,
+                metrics.audit_write_failures(),
             ),
             auth: Auth::from_config(&config),
-            docker: DockerClient::new(config.docker_socket.clone()),
+            docker: DockerClient::new(config.docker_socket.clone())
+                .counting_errors(metrics.docker_errors()),
             logs,
+            metrics,
             http_addr: OnceLock::new(),
             config,
             tracker: TaskTracker::new(),
@@ -142,6 +158,9 @@ impl Agent {
     }
     pub fn logs(&self) -> &LogRing {
         &self.logs
+    }
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
     pub fn sampler(&self) -> &Sampler {
         &self.sampler

@@ -10,6 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
@@ -57,15 +58,19 @@ pub struct AuditLog {
     /// `None` once closed, or when records go to the tracing log.
     tx: Mutex<Option<mpsc::Sender<Vec<u8>>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Records that should have reached the file and did not (`dtma_audit_write_failures`).
+    failures: Counter,
 }
 
 impl AuditLog {
     /// An audit log at `path`; `None` writes audit records to the tracing log instead.
-    pub fn new(path: Option<PathBuf>, max_bytes: u64, keep: usize) -> AuditLog {
+    /// `failures` counts the records the file could not take.
+    pub fn new(path: Option<PathBuf>, max_bytes: u64, keep: usize, failures: Counter) -> AuditLog {
         let Some(path) = path else {
             return AuditLog {
                 tx: Mutex::new(None),
                 writer: Mutex::new(None),
+                failures,
             };
         };
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -74,6 +79,7 @@ impl AuditLog {
             max_bytes,
             keep,
             file: None,
+            failures: failures.clone(),
         };
         let writer = std::thread::Builder::new()
             .name("dtma-audit".into())
@@ -82,12 +88,14 @@ impl AuditLog {
             Ok(handle) => AuditLog {
                 tx: Mutex::new(Some(tx)),
                 writer: Mutex::new(Some(handle)),
+                failures,
             },
             Err(e) => {
                 tracing::error!(error = %e, "Cannot start the audit writer; records go to the log.");
                 AuditLog {
                     tx: Mutex::new(None),
                     writer: Mutex::new(None),
+                    failures,
                 }
             }
         }
@@ -108,6 +116,8 @@ impl AuditLog {
         match tx {
             Some(tx) => {
                 if let Err(mpsc::error::SendError(line)) = tx.send(line).await {
+                    // The writer is gone: the file will not get this record.
+                    self.failures.inc();
                     to_log(&line);
                 }
             }
@@ -145,6 +155,7 @@ struct RotatingFile {
     max_bytes: u64,
     keep: usize,
     file: Option<(File, u64)>,
+    failures: Counter,
 }
 
 impl RotatingFile {
@@ -178,6 +189,7 @@ impl RotatingFile {
                 }
                 Err(e) => {
                     tracing::error!(path = %self.path.display(), error = %e, "Cannot open the audit log; record follows.");
+                    self.failures.inc();
                     to_log(line);
                     return;
                 }
@@ -186,6 +198,7 @@ impl RotatingFile {
         if let Some((f, size)) = self.file.as_mut() {
             if let Err(e) = f.write_all(line) {
                 tracing::error!(error = %e, "Audit log write failed; record follows.");
+                self.failures.inc();
                 to_log(line);
             }
             *size += line.len() as u64;
@@ -235,7 +248,7 @@ mod tests {
     async fn rotates_by_size_and_keeps_n_files() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
-        let log = AuditLog::new(Some(path.clone()), 400, 2);
+        let log = AuditLog::new(Some(path.clone()), 400, 2, Counter::default());
         for i in 0..20 {
             log.write(&record(&format!("echo {i}"))).await;
         }
@@ -256,7 +269,7 @@ mod tests {
     async fn close_writes_everything_queued() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
-        let log = AuditLog::new(Some(path.clone()), 10 << 20, 3);
+        let log = AuditLog::new(Some(path.clone()), 10 << 20, 3, Counter::default());
         for i in 0..1000 {
             log.write(&record(&format!("echo {i}"))).await;
         }
@@ -264,5 +277,25 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 1000);
         assert!(text.lines().last().unwrap().contains("echo 999"));
+    }
+
+    #[tokio::test]
+    async fn records_the_file_cannot_take_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        // The log's directory is a file: every open fails.
+        let blocker = dir.path().join("not-a-dir");
+        std::fs::write(&blocker, b"").unwrap();
+        let failures = Counter::default();
+        let log = AuditLog::new(
+            Some(blocker.join("audit.jsonl")),
+            10 << 20,
+            3,
+            failures.clone(),
+        );
+        for i in 0..3 {
+            log.write(&record(&format!("echo {i}"))).await;
+        }
+        log.close().await;
+        assert_eq!(failures.get(), 3);
     }
 }

@@ -16,6 +16,8 @@
 //!   writer thread), bearer tokens and roles, heartbeat samples, the agent's recent log lines,
 //!   UTF-8-safe output chunking shared by both adapters, and the retry backoff (channel
 //!   reconnects, Docker event feed).
+//! - [`metrics`]: the Prometheus registry (one per agent, built here in [`start_with_logs`])
+//!   and the typed counters the services, the channel, Docker and audit count into.
 #![forbid(unsafe_code)]
 
 pub mod agent;
@@ -28,6 +30,7 @@ pub mod config;
 pub mod docker;
 pub mod exec;
 pub mod logring;
+pub mod metrics;
 pub mod policy;
 pub mod services;
 pub mod status;
@@ -143,7 +146,9 @@ pub async fn start_with_logs(
     logs: Arc<logring::LogRing>,
     shutdown: CancellationToken,
 ) -> Result<Running, StartError> {
-    let agent = Agent::with_logs(config, logs)?;
+    // The one metrics registry: the agent hands its counters to whoever counts.
+    let metrics = Arc::new(metrics::Metrics::new());
+    let agent = Agent::build(config, logs, metrics)?;
     log_enforcement(agent.enforcement());
     let addr = agent.config().listen;
     let listener = tokio::net::TcpListener::bind(addr)

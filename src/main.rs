@@ -39,17 +39,26 @@ fn main() -> ExitCode {
     };
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    // Logs go to stderr and into an in-memory ring that `/diagnostics/logs` serves.
+    // Logs go to stderr (text or JSON, DTMA_LOG_FORMAT) and into an in-memory ring that
+    // `/diagnostics/logs` serves, whatever the format.
     let logs = dtma::logring::LogRing::new();
+    let json = config.log_format == dtma::config::LogFormat::Json;
+    let text_layer = (!json).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    });
+    let json_layer = json.then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+    });
     tracing_subscriber::registry()
         .with(dtma::logring::filter(
             std::env::var("RUST_LOG").ok().as_deref(),
         ))
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
-        )
+        .with(text_layer)
+        .with(json_layer)
         .with(dtma::logring::RingLayer(logs.clone()))
         .init();
     if let Err(e) = handoff {

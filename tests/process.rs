@@ -1,4 +1,5 @@
-//! The `dtma` binary as a real process: configuration errors, secrets, SIGTERM drain.
+//! The `dtma` binary as a real process: configuration errors, secrets (in children and in
+//! both log formats), SIGTERM drain.
 
 mod common;
 
@@ -260,4 +261,117 @@ async fn a_variable_that_is_not_utf8_reaches_the_child_unchanged() {
     );
     assert_eq!(c.exit.unwrap().exit_code, Some(0));
     child.kill().await.unwrap();
+}
+
+/// The binary's stderr lines while it connects, runs a command over the channel and one over
+/// the local API (with the backend's key), refuses a wrong token, and stops on SIGTERM.
+async fn log_of_a_run(format: &str, id: &str) -> Vec<String> {
+    use tokio::io::AsyncBufReadExt;
+    let cp = Cp::start(Options::default()).await;
+    let mut child = agent_command(id, &cp.url())
+        .env("DTMA_LOG_FORMAT", format)
+        .spawn()
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let reader = tokio::spawn(async move {
+        let mut all = Vec::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = tx.send(line.clone());
+            all.push(line);
+        }
+        all
+    });
+    // Where the local API listens, from the start-up line of either format.
+    let addr: std::net::SocketAddr = within(20, "listen line", async {
+        loop {
+            let line = rx.recv().await.expect("the agent exited before listening");
+            if !line.contains("Local API listening") {
+                continue;
+            }
+            let addr = match serde_json::from_str::<serde_json::Value>(&line) {
+                Ok(v) => v["fields"]["http_addr"].as_str().unwrap().to_owned(),
+                Err(_) => line.split("http_addr=").nth(1).unwrap().to_owned(),
+            };
+            return addr.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    })
+    .await;
+    within(20, "agent connect", cp.cp.wait_for_agent(id)).await;
+    let s = cp.cp.request(id, exec("echo over-the-channel")).unwrap();
+    let c = within(10, "exec", collect(s)).await;
+    assert_eq!(c.stdout, b"over-the-channel\n");
+    let key = format!("Bearer {SECRET_KEY}");
+    let r = common::http::request(
+        addr,
+        "POST",
+        "/ssh/execute",
+        Some(&key),
+        Some(br#"{"command":"echo over-http"}"#),
+    )
+    .await;
+    assert_eq!(r.json()["stdout"], "over-http\n");
+    let wrong = format!("Bearer {SECRET_KEY}-but-wrong");
+    let r = common::http::request(addr, "GET", "/status", Some(&wrong), None).await;
+    assert_eq!(r.status, 401);
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = within(20, "agent exit", child.wait()).await.unwrap();
+    assert_eq!(status.code(), Some(0));
+    within(10, "end of stderr", reader).await.unwrap()
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_and_hold_no_secret() {
+    let lines = log_of_a_run("json", "p-json").await;
+    assert!(lines.len() > 10, "{lines:?}");
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["level"].is_string(), "{line}");
+        assert!(v["fields"].is_object(), "{line}");
+        assert!(
+            !line.contains(TOKEN) && !line.contains(SECRET_KEY),
+            "a secret reached the log: {line}"
+        );
+    }
+    // RUST_LOG=debug still applies, and the whole life is there.
+    let text = lines.join("\n");
+    for needle in [
+        "\"DEBUG\"",
+        "Channel connected",
+        "Exec finished",
+        "Agent stopped",
+    ] {
+        assert!(text.contains(needle), "no {needle} in {text}");
+    }
+}
+
+#[tokio::test]
+async fn text_logs_hold_no_secret_either() {
+    let lines = log_of_a_run("text", "p-text").await;
+    let text = lines.join("\n");
+    assert!(text.contains("Agent stopped"), "{text}");
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&lines[0]).is_err(),
+        "text lines are not JSON"
+    );
+    assert!(
+        !text.contains(TOKEN) && !text.contains(SECRET_KEY),
+        "a secret reached the log"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_log_format_exits_64_naming_it() {
+    let out = Command::new(env!("CARGO_BIN_EXE_dtma"))
+        .env_clear()
+        .env("DTMA_BEARER_TOKEN", TOKEN)
+        .env("DTMA_LOG_FORMAT", "yaml")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("DTMA_LOG_FORMAT"), "{err}");
 }

@@ -143,12 +143,38 @@ async fn backoff_redirect_replacement_and_reset_follow_the_rules() {
         ..ChannelConfig::with_url("ws://scripted/")
     };
     let agent = Agent::new(Config::for_channel("t", None)).unwrap();
-    let channel = Channel::new(Services::new(agent), chan);
+    let channel = Channel::new(Services::new(agent.clone()), chan);
     let stop = CancellationToken::new();
     let run = tokio::spawn(channel.run_with(stop.clone(), dialer));
     seen.wait_for(|d| d.len() >= script.len()).await.unwrap();
     stop.cancel();
     run.await.unwrap();
+
+    // Each redial is counted by the cause the state machine saw; a stopped channel is in no
+    // state. (The last refusal may or may not be counted before the stop.)
+    let metrics = agent.metrics().encode().unwrap();
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in {metrics}"))
+    };
+    let failed = value(r#"dtma_channel_reconnects_total{cause="connect_failed"}"#);
+    assert!((5.0..=6.0).contains(&failed), "{failed}");
+    assert_eq!(
+        value(r#"dtma_channel_reconnects_total{cause="redirect"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"dtma_channel_reconnects_total{cause="closed"}"#),
+        3.0
+    );
+    assert_eq!(value(r#"dtma_channel_reconnects_total{cause="dead"}"#), 0.0);
+    for state in ["connecting", "connected", "backoff"] {
+        let series = format!(r#"dtma_channel_state{{state="{state}"}}"#);
+        assert_eq!(value(&series), 0.0, "{state}");
+    }
 
     let t = seen.borrow().clone();
     let gap = |i: usize| t[i + 1] - t[i];

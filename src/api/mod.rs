@@ -2,7 +2,9 @@
 //! the seed's response shapes, for the backend's old HTTP path and for a person on the droplet.
 //!
 //! Each route only decodes (auth, path, query, body), calls a service and encodes its answer;
-//! every failure is an [`ApiError`] turned into JSON by [`error::handle_rejection`]:
+//! `GET /metrics` renders the services' Prometheus text (no counting happens here); it needs a
+//! token unless `DTMA_METRICS_PUBLIC` opens it for a local scraper.
+//! Every failure is an [`ApiError`] turned into JSON by [`error::handle_rejection`]:
 //! 400 bad input, 401 auth, 403 role or policy, 404, 405, 411/413 body size, 429 too many
 //! commands, 503 Docker or shutdown.
 //!
@@ -106,6 +108,23 @@ pub fn routes(
         .and(auth.clone())
         .and(warp::query::<HashMap<String, String>>())
         .and_then(logs);
+    // Public only when the operator says so; otherwise the same auth as every other route.
+    let metrics_public = services.agent().config().metrics_public;
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .and(with_services.clone())
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::addr::remote())
+        .and_then(
+            move |s: Arc<Services>, header: Option<String>, peer: Option<SocketAddr>| async move {
+                let s = if metrics_public {
+                    s
+                } else {
+                    authenticate(s, header, peer).await?.0
+                };
+                metrics(s).await
+            },
+        );
     let status = warp::path!("status")
         .and(warp::get())
         .and(auth.clone())
@@ -124,6 +143,7 @@ pub fn routes(
         .or(diag_system)
         .or(diag_logs)
         .or(status)
+        .or(metrics)
         .with(warp::log::custom(|info| {
             tracing::debug!(
                 method = %info.method(),
@@ -203,6 +223,22 @@ pub(crate) fn bool_param(
             "query parameter `{name}` must be true or false, got `{v}`"
         ))),
     }
+}
+
+async fn metrics(s: Arc<Services>) -> Result<warp::reply::Response, Rejection> {
+    let text = s.metrics().await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("the metrics could not be encoded: {e}"),
+        )
+    })?;
+    Ok(warp::reply::with_header(
+        text,
+        warp::http::header::CONTENT_TYPE,
+        crate::metrics::CONTENT_TYPE,
+    )
+    .into_response())
 }
 
 async fn logs(

@@ -19,6 +19,7 @@ use tracing::{debug, info};
 use super::Channel;
 use super::handlers::EndsStream;
 use super::streams::StreamHandle;
+use crate::metrics::Outcome;
 use crate::services::events::{Next, ServerEvent};
 
 /// Serve an accepted `mcp_events` request on `stream` until it is cancelled or the agent stops.
@@ -37,11 +38,14 @@ pub fn spawn(channel: &Arc<Channel>, stream: StreamHandle, cancel: CancellationT
         // Live events were dropped (full buffer, or behind the broadcast): resync when the
         // buffer has room again.
         let mut missed = false;
-        loop {
+        let outcome = loop {
             tokio::select! {
                 biased;
                 _ = events.closed() => break shutting_down(&stream),
-                _ = cancel.cancelled() => break cancelled(&stream),
+                _ = cancel.cancelled() => {
+                    cancelled(&stream);
+                    break Outcome::Cancelled;
+                }
                 _ = stream.wait_half_free(), if missed => {
                     missed = false;
                     debug!(request_id = %stream.id(), "MCP event stream has room again: resync.");
@@ -60,7 +64,11 @@ pub fn spawn(channel: &Arc<Channel>, stream: StreamHandle, cancel: CancellationT
                     Next::Closed => break shutting_down(&stream),
                 },
             }
-        }
+        };
+        services
+            .agent()
+            .metrics()
+            .request("channel", "mcp_events", outcome);
         info!(request_id = %stream.id(), "MCP event stream ended.");
     });
 }
@@ -70,11 +78,13 @@ fn push(stream: &StreamHandle, e: &ServerEvent) {
     stream.push(|seq| AgentMessage::McpEvent(e.to_wire(id, seq)));
 }
 
-fn shutting_down(stream: &StreamHandle) {
+/// The stream ends with the agent: it served until then (`ok`).
+fn shutting_down(stream: &StreamHandle) -> Outcome {
     stream.fail(
         ErrorCode::ShuttingDown,
         "the agent is shutting down; send a new mcp_events after it is back".into(),
     );
+    Outcome::Ok
 }
 
 fn cancelled(stream: &StreamHandle) {

@@ -17,6 +17,7 @@ use tracing::info;
 use super::Channel;
 use super::streams::{OpenError, StreamHandle};
 use crate::exec::{ExecSpec, OutputSink};
+use crate::metrics::Outcome;
 use crate::services::commands::{CommandEnd, CommandRequest, CommandSink, Refused, Source};
 use crate::services::logs::LogsOptions;
 use crate::services::mcp::{GroupSpec, McpError, ProgressSink, Step};
@@ -31,9 +32,20 @@ enum Prepared {
 }
 
 /// Handle one request. Returns an unsequenced reply when the request did not become a stream.
+///
+/// Every request is counted once in `dtma_requests_total`: here when it is refused before its
+/// service sees it or when the channel serves it itself (`ping`, `cancel`, reads); by the
+/// service that owns it otherwise (`exec` by the command service, MCP changes by the MCP
+/// service).
 pub async fn dispatch(channel: &Arc<Channel>, req: Request) -> Option<AgentMessage> {
     let agent = channel.agent();
+    let kind = req.body.kind();
     let unsequenced = |code, message: String| {
+        let outcome = match code {
+            ErrorCode::ShuttingDown | ErrorCode::TooManyStreams => Outcome::Refused,
+            _ => Outcome::Error,
+        };
+        agent.metrics().request("channel", kind, outcome);
         Some(AgentMessage::Error(ErrorEvent {
             id: Some(req.id.clone()),
             seq: None,
@@ -106,6 +118,7 @@ pub async fn dispatch(channel: &Arc<Channel>, req: Request) -> Option<AgentMessa
         }
     };
     if expired {
+        agent.metrics().request("channel", kind, Outcome::Refused);
         stream.fail(
             ErrorCode::Expired,
             format!(
@@ -115,7 +128,7 @@ pub async fn dispatch(channel: &Arc<Channel>, req: Request) -> Option<AgentMessa
         );
         return None;
     }
-    let kind = req.body.kind();
+    let count = |outcome| agent.metrics().request("channel", kind, outcome);
     match (req.body, prepared) {
         (RequestBody::Exec(_), Prepared::Exec(spec)) => {
             let command = CommandRequest {
@@ -143,6 +156,7 @@ pub async fn dispatch(channel: &Arc<Channel>, req: Request) -> Option<AgentMessa
         (RequestBody::Cancel(c), _) => {
             let (cancelled, phase) = channel.registry().cancel(&c.target);
             info!(request_id = %req.id, target = %c.target, cancelled, "Cancel requested.");
+            count(Outcome::Ok);
             finish_result(
                 &stream,
                 serde_json::to_value(CancelResult {
@@ -153,46 +167,51 @@ pub async fn dispatch(channel: &Arc<Channel>, req: Request) -> Option<AgentMessa
             );
         }
         (RequestBody::Ping(_), _) => {
+            count(Outcome::Ok);
             finish_result(&stream, Ok(serde_json::json!({ "pong": true })))
         }
         (RequestBody::McpDeploy(_), Prepared::Deploy(spec)) => {
             let origin = origin(&req.id);
-            spawn_request(channel, stream, |s, sink| async move {
+            spawn_request(channel, stream, None, |s, sink| async move {
                 s.mcp.deploy(&origin, spec, sink).await.map_err(mcp_error)
             })
         }
         (RequestBody::McpRemove(r), _) => {
             let origin = origin(&req.id);
-            spawn_request(channel, stream, |s, sink| async move {
+            spawn_request(channel, stream, None, |s, sink| async move {
                 s.mcp
                     .remove(&origin, &r.group_id, sink)
                     .await
                     .map_err(mcp_error)
             })
         }
-        (RequestBody::McpStatus(q), _) => spawn_request(channel, stream, |s, _| async move {
-            s.mcp.status(q.group_id.as_deref()).await.map_err(mcp_error)
-        }),
+        (RequestBody::McpStatus(q), _) => {
+            spawn_request(channel, stream, Some(kind), |s, _| async move {
+                s.mcp.status(q.group_id.as_deref()).await.map_err(mcp_error)
+            })
+        }
         (RequestBody::McpRestart(r), _) => {
             let origin = origin(&req.id);
-            spawn_request(channel, stream, |s, sink| async move {
+            spawn_request(channel, stream, None, |s, sink| async move {
                 s.mcp
                     .restart(&origin, &r.instance_name, sink)
                     .await
                     .map_err(mcp_error)
             })
         }
-        (RequestBody::Diagnostics(d), _) => spawn_request(channel, stream, |s, _| async move {
-            use dtma_protocol::DiagnosticsScope;
-            let r = match d.scope {
-                DiagnosticsScope::System => s.diagnostics.system().await,
-                DiagnosticsScope::Docker => s.diagnostics.docker().await,
-                DiagnosticsScope::Logs => s.diagnostics.logs(d.lines() as usize).await,
-            };
-            r.map_err(diagnostics_error)
-        }),
+        (RequestBody::Diagnostics(d), _) => {
+            spawn_request(channel, stream, Some(kind), |s, _| async move {
+                use dtma_protocol::DiagnosticsScope;
+                let r = match d.scope {
+                    DiagnosticsScope::System => s.diagnostics.system().await,
+                    DiagnosticsScope::Docker => s.diagnostics.docker().await,
+                    DiagnosticsScope::Logs => s.diagnostics.logs(d.lines() as usize).await,
+                };
+                r.map_err(diagnostics_error)
+            })
+        }
         (RequestBody::LogsFollow(l), Prepared::Logs(options)) => {
-            spawn_request(channel, stream, |s, sink| async move {
+            spawn_request(channel, stream, Some(kind), |s, sink| async move {
                 let source = s.logs.find(&l.instance_name).await.map_err(mcp_error)?;
                 s.logs
                     .follow(source, &options, sink, token)
@@ -201,10 +220,13 @@ pub async fn dispatch(channel: &Arc<Channel>, req: Request) -> Option<AgentMessa
             })
         }
         (RequestBody::McpEvents(_), _) => super::events::spawn(channel, stream, token),
-        (_, _) => stream.fail(
-            ErrorCode::Internal,
-            format!("`{kind}` was prepared for another request type (an agent bug)"),
-        ),
+        (_, _) => {
+            count(Outcome::Error);
+            stream.fail(
+                ErrorCode::Internal,
+                format!("`{kind}` was prepared for another request type (an agent bug)"),
+            )
+        }
     }
     None
 }
@@ -267,19 +289,39 @@ fn diagnostics_error(e: diagnostics::Error) -> WireError {
 /// Run a request's work in the agent's task tracker, with the stream as its sink (progress, and
 /// a log follow's output); its value becomes the stream's `result`, its error the terminal
 /// `error`. A task that ends without either (a panic) still ends the stream, with `internal`.
-fn spawn_request<F, Fut, T>(channel: &Arc<Channel>, stream: StreamHandle, work: F)
-where
+/// `counted`: the request type to count at the end, when no service counts it.
+fn spawn_request<F, Fut, T>(
+    channel: &Arc<Channel>,
+    stream: StreamHandle,
+    counted: Option<&'static str>,
+    work: F,
+) where
     F: FnOnce(Arc<Services>, Arc<StreamHandle>) -> Fut,
     Fut: Future<Output = Result<T, WireError>> + Send + 'static,
     T: serde::Serialize,
 {
     let stream = Arc::new(stream);
     let fut = work(channel.services().clone(), stream.clone());
+    let agent = channel.agent().clone();
     channel.agent().spawn(async move {
         let _guard = EndsStream(stream.clone());
-        match fut.await {
-            Ok(v) => finish_result(&stream, serde_json::to_value(v)),
-            Err((code, message, details)) => stream.fail_with(code, message, details),
+        let outcome = match fut.await {
+            Ok(v) => {
+                finish_result(&stream, serde_json::to_value(v));
+                Outcome::Ok
+            }
+            Err((code, message, details)) => {
+                let outcome = match code {
+                    ErrorCode::Denied => Outcome::Denied,
+                    ErrorCode::ShuttingDown => Outcome::Refused,
+                    _ => Outcome::Error,
+                };
+                stream.fail_with(code, message, details);
+                outcome
+            }
+        };
+        if let Some(kind) = counted {
+            agent.metrics().request("channel", kind, outcome);
         }
     });
 }

@@ -31,6 +31,7 @@ use tracing::{info, warn};
 use crate::agent::Agent;
 use crate::backoff::Backoff;
 use crate::config::{ChannelConfig, Secret};
+use crate::metrics::{ChannelState, ReconnectCause};
 use crate::services::Services;
 use session::SessionEnd;
 use streams::Registry;
@@ -45,7 +46,10 @@ pub struct Channel {
 impl Channel {
     pub fn new(services: Arc<Services>, config: ChannelConfig) -> Arc<Channel> {
         Arc::new(Channel {
-            registry: Registry::new(services.agent().config().streams.clone()),
+            registry: Registry::with_counters(
+                services.agent().config().streams.clone(),
+                services.agent().metrics().streams(),
+            ),
             services,
             config,
         })
@@ -84,7 +88,14 @@ impl Channel {
 
     /// The reconnect state machine over any [`Dialer`].
     pub async fn run_with<D: Dialer>(self: Arc<Self>, stop: CancellationToken, dialer: D) {
+        let agent = self.agent().clone();
+        self.reconnect_loop(stop, dialer).await;
+        agent.metrics().channel_state(ChannelState::Stopped);
+    }
+
+    async fn reconnect_loop<D: Dialer>(self: Arc<Self>, stop: CancellationToken, dialer: D) {
         let chan = &self.config;
+        let metrics = self.agent().metrics();
         let mut backoff = match chan.jitter_seed {
             Some(seed) => Backoff::with_rng(
                 chan.backoff_base,
@@ -100,6 +111,7 @@ impl Channel {
         let mut wait = Duration::ZERO;
         loop {
             if !wait.is_zero() {
+                metrics.channel_state(ChannelState::Backoff);
                 info!(
                     delay_ms = wait.as_millis() as u64,
                     "Channel disconnected; waiting before redial."
@@ -128,6 +140,7 @@ impl Channel {
                 }
             }
             info!(%url, "Channel connecting.");
+            metrics.channel_state(ChannelState::Connecting);
             let ws = tokio::select! {
                 _ = stop.cancelled() => return,
                 ws = dialer.dial(&url) => ws,
@@ -136,6 +149,7 @@ impl Channel {
                 Ok(ws) => ws,
                 Err(e) => {
                     warn!(error = %e, "Channel connect failed.");
+                    metrics.reconnect(ReconnectCause::ConnectFailed);
                     if url != chan.url {
                         info!(configured = %chan.url, "Redirect target unreachable; returning to the configured URL.");
                         url = chan.url.clone();
@@ -148,6 +162,10 @@ impl Channel {
             self.agent().set_link_up(true);
             let end = session::run(ws, &self, &stop).await;
             self.agent().set_link_up(false);
+            metrics.channel_state(ChannelState::Backoff);
+            if let Some(cause) = end.cause() {
+                metrics.reconnect(cause);
+            }
             down_since = tokio::time::Instant::now();
             orphans_cancelled = false;
             if up_at.elapsed() >= chan.healthy_after {

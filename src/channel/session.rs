@@ -47,6 +47,21 @@ pub enum SessionEnd {
     Failed(String),
 }
 
+impl SessionEnd {
+    /// Why the channel dials again after this end; `None` for shutdown.
+    pub fn cause(&self) -> Option<crate::metrics::ReconnectCause> {
+        use crate::metrics::ReconnectCause;
+        match self {
+            SessionEnd::Shutdown => None,
+            SessionEnd::Redirect { .. } => Some(ReconnectCause::Redirect),
+            SessionEnd::Closed { .. } => Some(ReconnectCause::Closed),
+            SessionEnd::Dead => Some(ReconnectCause::Dead),
+            SessionEnd::Incompatible(_) => Some(ReconnectCause::Incompatible),
+            SessionEnd::Failed(_) => Some(ReconnectCause::Failed),
+        }
+    }
+}
+
 /// Run one session over `ws` until it ends.
 pub async fn run<S>(ws: S, channel: &Arc<Channel>, stop: &CancellationToken) -> SessionEnd
 where
@@ -100,6 +115,10 @@ where
         return SessionEnd::Incompatible(reason);
     }
     info!(session_id = %welcome.session_id, resumed = welcome.resume.len(), "Channel connected.");
+    channel
+        .agent()
+        .metrics()
+        .channel_state(crate::metrics::ChannelState::Connected);
     registry.connected(&welcome.resume, welcome.initial_credit);
     let heartbeat = welcome
         .heartbeat_interval_ms

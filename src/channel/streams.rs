@@ -21,6 +21,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::StreamLimits;
+use crate::metrics::StreamCounters;
 use crate::text::{Chunk, Utf8Carry};
 
 /// Smallest free buffer space worth a read, so a nearly full buffer does not produce a storm
@@ -40,6 +41,8 @@ struct Stream {
     frames: VecDeque<Frame>,
     /// Next seq to send on the current connection.
     cursor: u64,
+    /// First seq never sent on any connection: frames below it that are sent again are resends.
+    sent_upto: u64,
     buffered: usize,
     /// Output bytes the backend allows in total (absolute, only grows).
     limit: u64,
@@ -87,6 +90,7 @@ pub struct Registry {
     /// Woken when the last held stream is acknowledged and removed.
     emptied: Notify,
     limits: StreamLimits,
+    counters: StreamCounters,
 }
 
 /// Why a stream could not be opened.
@@ -98,7 +102,13 @@ pub enum OpenError {
 }
 
 impl Registry {
+    /// A registry whose counters no metrics registry encodes (unit tests, benchmarks).
     pub fn new(limits: StreamLimits) -> Arc<Registry> {
+        Self::with_counters(limits, StreamCounters::default())
+    }
+
+    /// A registry counting into the agent's metrics.
+    pub fn with_counters(limits: StreamLimits, counters: StreamCounters) -> Arc<Registry> {
         Arc::new(Registry {
             inner: Mutex::new(Inner {
                 initial_credit: limits.initial_credit,
@@ -107,6 +117,7 @@ impl Registry {
             writer: Notify::new(),
             emptied: Notify::new(),
             limits,
+            counters,
         })
     }
 
@@ -149,6 +160,7 @@ impl Registry {
                 next_seq: 0,
                 frames: VecDeque::new(),
                 cursor: 0,
+                sent_upto: 0,
                 buffered: 0,
                 limit: credit,
                 used: 0,
@@ -158,6 +170,7 @@ impl Registry {
                 space: space.clone(),
             },
         );
+        self.counters.running.inc();
         Ok(StreamHandle {
             registry: self.clone(),
             id: id.to_owned(),
@@ -211,7 +224,7 @@ impl Registry {
             notified.as_mut().enable();
             {
                 let mut g = self.lock();
-                let batch = take_batch(&mut g, max_frames);
+                let batch = take_batch(&mut g, max_frames, &self.counters);
                 if !batch.is_empty() {
                     return batch;
                 }
@@ -356,7 +369,7 @@ impl Registry {
     }
 }
 
-fn take_batch(g: &mut Inner, max_frames: usize) -> Vec<Utf8Bytes> {
+fn take_batch(g: &mut Inner, max_frames: usize, counters: &StreamCounters) -> Vec<Utf8Bytes> {
     const PER_TURN: usize = 4;
     let mut batch = Vec::new();
     while batch.len() < max_frames {
@@ -371,7 +384,16 @@ fn take_batch(g: &mut Inner, max_frames: usize) -> Vec<Utf8Bytes> {
             let first = s.first_seq();
             let index = (s.cursor - first) as usize;
             match s.frames.get(index) {
-                Some(f) => batch.push(f.text.clone()),
+                Some(f) => {
+                    let bytes = f.text.len() as u64;
+                    if f.seq < s.sent_upto {
+                        counters.resent_bytes.inc_by(bytes);
+                    } else {
+                        counters.sent_bytes.inc_by(bytes);
+                        s.sent_upto = f.seq + 1;
+                    }
+                    batch.push(f.text.clone());
+                }
                 None => break,
             }
             s.cursor += 1;
@@ -422,8 +444,11 @@ impl StreamHandle {
     pub fn finish(&self, make: impl FnOnce(u64) -> AgentMessage) {
         let mut g = self.registry.lock();
         self.registry.push(&mut g, &self.id, make);
-        if let Some(s) = g.streams.get_mut(&self.id) {
+        if let Some(s) = g.streams.get_mut(&self.id)
+            && !s.finished
+        {
             s.finished = true;
+            self.registry.counters.running.dec();
         }
     }
 
@@ -480,6 +505,7 @@ impl StreamHandle {
     /// Wait for credit and buffer space; reserve up to `want` bytes.
     pub async fn reserve(&self, want: usize) -> usize {
         let cap = self.registry.limits.buffer_bytes;
+        let mut stalled = false;
         loop {
             let notified = self.space.notified();
             tokio::pin!(notified);
@@ -497,6 +523,11 @@ impl StreamHandle {
                     let take = (want as u64).min(credit).min(space.max(1) as u64);
                     s.used += take;
                     return take as usize;
+                }
+                if credit == 0 && !stalled {
+                    // One stall per wait, however many wake-ups it takes.
+                    stalled = true;
+                    self.registry.counters.credit_stalls.inc();
                 }
             }
             notified.await;
@@ -594,6 +625,52 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn first_sends_and_resends_are_counted_apart() {
+        let counters = StreamCounters::default();
+        let reg = Registry::with_counters(StreamLimits::default(), counters.clone());
+        reg.connected(&[], None);
+        let h = reg.open("r", None, CancellationToken::new()).unwrap();
+        assert_eq!(counters.running.get(), 1);
+        for i in 0..3 {
+            h.output(Fd::Stdout, format!("{i}\n").as_bytes(), 2);
+        }
+        let first: u64 = reg
+            .next_batch(100)
+            .await
+            .iter()
+            .map(|f| f.len() as u64)
+            .sum();
+        assert_eq!(
+            (counters.sent_bytes.get(), counters.resent_bytes.get()),
+            (first, 0)
+        );
+        // The backend lacks the last frame after a reconnect: only it is sent again.
+        reg.disconnected();
+        reg.connected(
+            &[ResumePoint {
+                id: "r".into(),
+                ack: Some(1),
+                credit_limit: None,
+            }],
+            None,
+        );
+        let again: u64 = reg
+            .next_batch(100)
+            .await
+            .iter()
+            .map(|f| f.len() as u64)
+            .sum();
+        assert!(again > 0);
+        assert_eq!(
+            (counters.sent_bytes.get(), counters.resent_bytes.get()),
+            (first, again)
+        );
+        h.fail(ErrorCode::Internal, "x".into());
+        h.fail(ErrorCode::Internal, "twice".into());
+        assert_eq!(counters.running.get(), 0, "a stream stops running once");
+    }
+
+    #[tokio::test]
     async fn duplicate_ids_are_refused_with_state() {
         let reg = Registry::new(StreamLimits::default());
         let h = reg.open("r", None, CancellationToken::new()).unwrap();
@@ -644,16 +721,20 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn reserve_respects_credit() {
-        let reg = Registry::new(StreamLimits::default());
+        let counters = StreamCounters::default();
+        let reg = Registry::with_counters(StreamLimits::default(), counters.clone());
         let h = reg.open("r", Some(10), CancellationToken::new()).unwrap();
         assert_eq!(h.reserve(100).await, 10);
+        assert_eq!(counters.credit_stalls.get(), 0);
         // Paused time: the timeout fires only once nothing else can make progress.
         let pending = tokio::time::timeout(std::time::Duration::from_secs(60), h.reserve(5));
         assert!(pending.await.is_err(), "no credit left: reserve must wait");
         reg.credit("r", 13);
         assert_eq!(h.reserve(5).await, 3);
+        assert_eq!(counters.credit_stalls.get(), 1, "one wait for credit");
         reg.credit("r", 2); // lower than the limit: ignored
         let pending = tokio::time::timeout(std::time::Duration::from_secs(60), h.reserve(5));
         assert!(pending.await.is_err());
+        assert_eq!(counters.credit_stalls.get(), 2);
     }
 }

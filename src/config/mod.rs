@@ -75,6 +75,21 @@ pub struct Config {
     /// Period of the liveness check of running HTTP/SSE MCP servers
     /// (`DTMA_MCP_LIVENESS_INTERVAL_MS`).
     pub mcp_liveness_interval: Duration,
+    /// `GET /metrics` without a token (`DTMA_METRICS_PUBLIC`).
+    pub metrics_public: bool,
+    /// How the binary writes its log lines (`DTMA_LOG_FORMAT`).
+    pub log_format: LogFormat,
+}
+
+/// The log lines' format on stderr (`DTMA_LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// One readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per event (tracing-subscriber's JSON layer: `timestamp`, `level`,
+    /// `target`, `fields`).
+    Json,
 }
 
 /// A local API token from the config file.
@@ -411,6 +426,8 @@ impl Config {
             docker_socket: DEFAULT_DOCKER_SOCKET.to_owned(),
             mcp_network: None,
             mcp_liveness_interval: DEFAULT_MCP_LIVENESS_INTERVAL,
+            metrics_public: false,
+            log_format: LogFormat::Text,
         }
     }
 }

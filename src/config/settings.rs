@@ -207,6 +207,26 @@ pub struct Settings {
         help_heading = "Local API"
     )]
     pub http_max_concurrent: Option<u64>,
+    /// `true`: `GET /metrics` answers without a token (for a scraper on the same host); the
+    /// other endpoints still need one.
+    #[arg(
+        long,
+        env = "DTMA_METRICS_PUBLIC",
+        value_name = "BOOL",
+        default_value = "false",
+        help_heading = "Local API"
+    )]
+    pub metrics_public: Option<bool>,
+    /// Format of the agent's log lines on stderr: `text` (one readable line each) or `json`
+    /// (one JSON object each, for a log shipper). The level is set by RUST_LOG.
+    #[arg(
+        long,
+        env = "DTMA_LOG_FORMAT",
+        value_name = "text|json",
+        default_value = "text",
+        help_heading = "Local API"
+    )]
+    pub log_format: Option<String>,
 
     /// Timeout of a command that names none.
     #[arg(

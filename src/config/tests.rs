@@ -127,9 +127,13 @@ fn every_variable_is_read_by_its_own_name() {
             ("DTMA_AUDIT_LOG", "-"),
             ("DTMA_AUDIT_MAX_BYTES", "18"),
             ("DOCKER_HOST", "unix:///run/docker.sock"),
+            ("DTMA_METRICS_PUBLIC", "true"),
+            ("DTMA_LOG_FORMAT", "json"),
         ],
     )
     .unwrap();
+    assert!(cfg.metrics_public);
+    assert_eq!(cfg.log_format, LogFormat::Json);
     let ch = cfg.channel.unwrap();
     let ms = Duration::from_millis;
     assert_eq!(cfg.agent_id, "a1");
@@ -191,6 +195,22 @@ fn defaults_are_the_output_types_defaults() {
     assert_eq!(cfg.shutdown_grace, DEFAULT_SHUTDOWN_GRACE);
     assert_eq!(cfg.docker_socket, DEFAULT_DOCKER_SOCKET);
     assert!(cfg.backend_api_key.is_none());
+    assert!(!cfg.metrics_public, "/metrics needs a token by default");
+    assert_eq!(cfg.log_format, LogFormat::Text);
+}
+
+#[test]
+fn a_log_format_other_than_text_or_json_is_a_problem_naming_it() {
+    let e = load(
+        &[],
+        &[("DTMA_BEARER_TOKEN", "t"), ("DTMA_LOG_FORMAT", "yaml")],
+    )
+    .unwrap_err();
+    assert_eq!(e.problems.len(), 1, "{e}");
+    assert!(e.problems[0].contains("DTMA_LOG_FORMAT"), "{e}");
+    assert!(e.problems[0].contains("`yaml`"), "{e}");
+    let e = load(&["--log-format=xml"], &[("DTMA_BEARER_TOKEN", "t")]).unwrap_err();
+    assert!(e.problems[0].contains("--log-format"), "{e}");
 }
 
 #[test]

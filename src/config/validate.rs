@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use super::settings::{Names, Origin, Settings};
 use super::{
-    AuditConfig, ChannelConfig, Config, DEFAULT_LISTEN, DEFAULT_WS_PATH, ExecLimits, PRLIMIT,
-    Rlimits, SandboxConfig, Secret, StreamLimits, TokenConfig, derive_ws_url,
+    AuditConfig, ChannelConfig, Config, DEFAULT_LISTEN, DEFAULT_WS_PATH, ExecLimits, LogFormat,
+    PRLIMIT, Rlimits, SandboxConfig, Secret, StreamLimits, TokenConfig, derive_ws_url,
 };
 
 /// Settings overlaid from every source, ready to be checked.
@@ -112,6 +112,16 @@ impl Resolved {
             ));
         }
 
+        let log_format = match s.log_format.as_deref() {
+            Some("text") | None => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                let label = c.name("log_format");
+                c.problems
+                    .push(format!("{label} must be `text` or `json`, got `{other}`"));
+                LogFormat::Text
+            }
+        };
         let sandbox_enforce = match s.sandbox.as_deref() {
             Some("enforce") | None => true,
             Some("off") => false,
@@ -269,6 +279,8 @@ impl Resolved {
             docker_socket,
             mcp_network: s.mcp_network.clone().filter(|n| !n.is_empty()),
             mcp_liveness_interval,
+            metrics_public: s.metrics_public.unwrap_or(false),
+            log_format,
         })
     }
 

@@ -132,7 +132,7 @@ impl DockerClient {
             .await
         {
             Ok(c) => Ok(Some(c.into())),
-            Err(e) => match self.map_err(e) {
+            Err(e) => match self.map_err("inspect", e) {
                 Error::NotFound(_) => Ok(None),
                 other => Err(other),
             },
@@ -144,7 +144,7 @@ impl DockerClient {
         let docker = self.connect()?;
         match docker.inspect_image(image).await {
             Ok(_) => Ok(true),
-            Err(e) => match self.map_err(e) {
+            Err(e) => match self.map_err("inspect_image", e) {
                 Error::NotFound(_) => Ok(false),
                 other => Err(other),
             },
@@ -169,6 +169,7 @@ impl DockerClient {
                 .map(move |item| match item {
                     Ok(info) => {
                         if let Some(err) = info.error_detail.and_then(|d| d.message) {
+                            client.count_error("pull", "api");
                             return Err(Error::Api(err));
                         }
                         let detail = info.progress_detail.unwrap_or_default();
@@ -178,7 +179,7 @@ impl DockerClient {
                             total: detail.total.and_then(|t| u64::try_from(t).ok()),
                         })
                     }
-                    Err(e) => Err(client.map_err(e)),
+                    Err(e) => Err(client.map_err("pull", e)),
                 })
                 .boxed()
         })
@@ -235,7 +236,7 @@ impl DockerClient {
         let created = docker
             .create_container(Some(opts), body)
             .await
-            .map_err(|e| self.map_err(e))?;
+            .map_err(|e| self.map_err("create", e))?;
         Ok(created.id)
     }
 
@@ -244,7 +245,7 @@ impl DockerClient {
         docker
             .start_container(id, None::<bollard::query_parameters::StartContainerOptions>)
             .await
-            .map_err(|e| self.map_err(e))
+            .map_err(|e| self.map_err("start", e))
     }
 
     /// Stop with a grace period (SIGTERM, then SIGKILL after `grace_s`). Stopping a stopped
@@ -257,7 +258,7 @@ impl DockerClient {
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 304, ..
             }) => Ok(()),
-            Err(e) => Err(self.map_err(e)),
+            Err(e) => Err(self.map_err("stop", e)),
         }
     }
 
@@ -267,7 +268,7 @@ impl DockerClient {
         let opts = RemoveContainerOptionsBuilder::new().force(true).build();
         match docker.remove_container(id, Some(opts)).await {
             Ok(()) => Ok(()),
-            Err(e) => match self.map_err(e) {
+            Err(e) => match self.map_err("remove", e) {
                 Error::NotFound(_) => Ok(()),
                 other => Err(other),
             },
@@ -280,7 +281,7 @@ impl DockerClient {
         docker
             .rename_container(id, opts)
             .await
-            .map_err(|e| self.map_err(e))
+            .map_err(|e| self.map_err("rename", e))
     }
 
     pub async fn restart(&self, id: &str, grace_s: i32) -> Result<(), Error> {
@@ -289,7 +290,7 @@ impl DockerClient {
         docker
             .restart_container(id, Some(opts))
             .await
-            .map_err(|e| self.map_err(e))
+            .map_err(|e| self.map_err("restart", e))
     }
 
     /// Create the bridge network `name` unless it exists (a group's shared network).
@@ -307,7 +308,7 @@ impl DockerClient {
             .await
         {
             Ok(_) => return Ok(()),
-            Err(e) => match self.map_err(e) {
+            Err(e) => match self.map_err("inspect_network", e) {
                 Error::NotFound(_) => {}
                 other => return Err(other),
             },
@@ -322,7 +323,7 @@ impl DockerClient {
             .create_network(request)
             .await
             .map(|_| ())
-            .map_err(|e| self.map_err(e))
+            .map_err(|e| self.map_err("create_network", e))
     }
 
     /// Whether the network `name` exists.
@@ -336,7 +337,7 @@ impl DockerClient {
             .await
         {
             Ok(_) => Ok(true),
-            Err(e) => match self.map_err(e) {
+            Err(e) => match self.map_err("inspect_network", e) {
                 Error::NotFound(_) => Ok(false),
                 other => Err(other),
             },
@@ -348,7 +349,7 @@ impl DockerClient {
         let docker = self.connect()?;
         match docker.remove_network(name).await {
             Ok(()) => Ok(()),
-            Err(e) => match self.map_err(e) {
+            Err(e) => match self.map_err("remove_network", e) {
                 Error::NotFound(_) => Ok(()),
                 other => Err(other),
             },
@@ -367,7 +368,7 @@ impl DockerClient {
         let list = docker
             .list_containers(Some(opts))
             .await
-            .map_err(|e| self.map_err(e))?;
+            .map_err(|e| self.map_err("list", e))?;
         let mut out = Vec::new();
         for c in list {
             if let Some(id) = c.id

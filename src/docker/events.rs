@@ -142,7 +142,7 @@ impl DockerClient {
         let stream = match docker {
             Ok(d) => d
                 .events(Some(opts))
-                .map(move |item| item.map_err(|e| client.map_err(e)))
+                .map(move |item| item.map_err(|e| client.map_err("events", e)))
                 .boxed(),
             Err(e) => futures_util::stream::once(async move { Err(e) }).boxed(),
         };

@@ -107,7 +107,7 @@ impl DockerClient {
                         Some(Ok(LogMessage::parse(Fd::Stderr, message)))
                     }
                     Ok(LogOutput::StdIn { .. }) => None,
-                    Err(e) => Some(Err(client.map_err(e))),
+                    Err(e) => Some(Err(client.map_err("logs", e))),
                 };
                 std::future::ready(out)
             })

@@ -15,7 +15,11 @@ use std::collections::HashMap;
 
 use bollard::Docker;
 use bollard::query_parameters::ListContainersOptionsBuilder;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use serde::Serialize;
+
+use crate::metrics::DockerErrorLabels;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -33,6 +37,8 @@ pub enum Error {
 #[derive(Clone)]
 pub struct DockerClient {
     socket: String,
+    /// `dtma_docker_errors_total`: calls the daemon failed or did not answer, by operation.
+    errors: Family<DockerErrorLabels, Counter>,
 }
 
 #[derive(Debug, Serialize)]
@@ -61,7 +67,20 @@ impl DockerClient {
     pub fn new(socket: impl Into<String>) -> DockerClient {
         DockerClient {
             socket: socket.into(),
+            errors: Family::default(),
         }
+    }
+
+    /// Count failed calls into `errors` (the agent's registry) rather than a private family.
+    pub fn counting_errors(mut self, errors: Family<DockerErrorLabels, Counter>) -> DockerClient {
+        self.errors = errors;
+        self
+    }
+
+    pub(crate) fn count_error(&self, operation: &'static str, kind: &'static str) {
+        self.errors
+            .get_or_create(&DockerErrorLabels { operation, kind })
+            .inc();
     }
 
     pub fn socket(&self) -> &str {
@@ -70,6 +89,7 @@ impl DockerClient {
 
     pub(crate) fn connect(&self) -> Result<Docker, Error> {
         Docker::connect_with_socket(&self.socket, 30, bollard::API_DEFAULT_VERSION).map_err(|e| {
+            self.count_error("connect", "unreachable");
             Error::Unreachable {
                 socket: self.socket.clone(),
                 reason: e.to_string(),
@@ -78,8 +98,20 @@ impl DockerClient {
     }
 
     /// One mapping of bollard's errors: 404 and 409 keep their meaning, other answers are API
-    /// errors, anything else means the daemon is not reachable.
-    pub(crate) fn map_err(&self, e: bollard::errors::Error) -> Error {
+    /// errors, anything else means the daemon is not reachable. The last two are counted under
+    /// `operation`; 404 and 409 are answers their callers act on (an absent container is often
+    /// the point of asking), not failures.
+    pub(crate) fn map_err(&self, operation: &'static str, e: bollard::errors::Error) -> Error {
+        let mapped = self.classify(e);
+        match &mapped {
+            Error::Unreachable { .. } => self.count_error(operation, "unreachable"),
+            Error::Api(_) => self.count_error(operation, "api"),
+            Error::NotFound(_) | Error::Conflict(_) => {}
+        }
+        mapped
+    }
+
+    fn classify(&self, e: bollard::errors::Error) -> Error {
         match e {
             bollard::errors::Error::DockerResponseServerError {
                 status_code: 404,
@@ -103,8 +135,11 @@ impl DockerClient {
     /// Version and summary counts, as `GET /diagnostics/docker` shows them.
     pub async fn diagnostics(&self) -> Result<serde_json::Value, Error> {
         let docker = self.connect()?;
-        let version = docker.version().await.map_err(|e| self.map_err(e))?;
-        let info = docker.info().await.map_err(|e| self.map_err(e))?;
+        let version = docker
+            .version()
+            .await
+            .map_err(|e| self.map_err("version", e))?;
+        let info = docker.info().await.map_err(|e| self.map_err("info", e))?;
         let containers = self.containers(false).await?;
         let mut table = String::from("CONTAINER ID   IMAGE   STATUS   NAMES\n");
         for c in &containers {
@@ -147,7 +182,7 @@ impl DockerClient {
         let list = docker
             .list_containers(Some(builder.build()))
             .await
-            .map_err(|e| self.map_err(e))?;
+            .map_err(|e| self.map_err("list", e))?;
         Ok(list
             .into_iter()
             .filter(|c| {
@@ -200,9 +235,37 @@ impl DockerClient {
         let mut stream = docker.logs(container, Some(opts));
         let mut out = String::new();
         while let Some(item) = stream.next().await {
-            let chunk = item.map_err(|e| self.map_err(e))?;
+            let chunk = item.map_err(|e| self.map_err("logs", e))?;
             out.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unreachable_daemon_is_counted_under_the_operation() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = format!("unix://{}", dir.path().join("no-daemon.sock").display());
+        let errors = Family::<DockerErrorLabels, Counter>::default();
+        let client = DockerClient::new(socket).counting_errors(errors.clone());
+        assert!(matches!(
+            client.containers(true).await,
+            Err(Error::Unreachable { .. })
+        ));
+        // bollard checks that the socket exists before any call: the failure is `connect`'s.
+        let connect = DockerErrorLabels {
+            operation: "connect",
+            kind: "unreachable",
+        };
+        assert_eq!(errors.get(&connect).map(|c| c.get()), Some(1));
+        let list = DockerErrorLabels {
+            operation: "list",
+            kind: "unreachable",
+        };
+        assert!(errors.get(&list).is_none(), "one failure, counted once");
     }
 }

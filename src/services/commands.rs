@@ -14,6 +14,7 @@ use crate::agent::{Agent, role_name};
 use crate::audit::Record;
 use crate::auth::Caller;
 use crate::exec::{self, ExecSpec, Outcome, OutputSink};
+use crate::metrics;
 use crate::policy::Role;
 
 /// Which entry point a request came through (named in the audit log).
@@ -95,18 +96,22 @@ impl CommandService {
         cancel: CancellationToken,
     ) -> Result<(), Refused> {
         let agent = &self.agent;
-        admit(agent)?;
-        let slot =
-            match req.source {
-                Source::Http => {
-                    Some(self.http_slots.clone().try_acquire_owned().map_err(|_| {
-                        Refused::Busy {
-                            limit: agent.config().exec.http_max_concurrent,
-                        }
-                    })?)
-                }
-                Source::Channel => None,
-            };
+        let source = req.source.name();
+        let refused = |e: Refused| {
+            agent
+                .metrics()
+                .request(source, "exec", metrics::Outcome::Refused);
+            e
+        };
+        admit(agent).map_err(|e| refused(e.into()))?;
+        let slot = match req.source {
+            Source::Http => Some(self.http_slots.clone().try_acquire_owned().map_err(|_| {
+                refused(Refused::Busy {
+                    limit: agent.config().exec.http_max_concurrent,
+                })
+            })?),
+            Source::Channel => None,
+        };
         let decision = match sandbox_refusal(agent, req.caller.role) {
             Some(refused) => refused,
             None => agent.policy().check(req.caller.role, &req.spec.command),
@@ -120,8 +125,12 @@ impl CommandService {
             .audit(&record(agent, &req, (verdict, &decision.rule), None))
             .await;
         if !decision.allowed {
-            info!(source = req.source.name(), caller = %req.caller.name, rule = %decision.rule,
+            info!(source, caller = %req.caller.name, rule = %decision.rule,
                 request_id = req.request_id, "Command denied.");
+            agent.metrics().policy_rejection(&decision.rule);
+            agent
+                .metrics()
+                .request(source, "exec", metrics::Outcome::Denied);
             return Err(Refused::Denied {
                 rule: decision.rule,
                 reason: decision.reason,
@@ -140,9 +149,14 @@ async fn run<S: CommandSink>(
     cancel: CancellationToken,
     slot: Option<OwnedSemaphorePermit>,
 ) {
-    let guard = EndGuard(Some(sink.clone()));
-    let request_id = req.request_id.as_deref();
     let source = req.source.name();
+    let guard = EndGuard {
+        sink: Some(sink.clone()),
+        agent: Some(agent.clone()),
+        source,
+    };
+    let _running = agent.metrics().command_running(source);
+    let request_id = req.request_id.as_deref();
     info!(source, request_id, "Exec started.");
     let config = agent.config();
     let mut spec = req.spec.clone();
@@ -180,13 +194,27 @@ async fn run<S: CommandSink>(
     }
 }
 
-/// Delivers the terminal outcome; if the task ends without one (a panic unwinds through it),
-/// it delivers [`CommandEnd::Internal`] so the caller's stream still ends.
-struct EndGuard<S: CommandSink>(Option<Arc<S>>);
+/// Delivers the terminal outcome and counts it; if the task ends without one (a panic unwinds
+/// through it), it delivers [`CommandEnd::Internal`] so the caller's stream still ends.
+struct EndGuard<S: CommandSink> {
+    sink: Option<Arc<S>>,
+    /// Where the outcome is counted (`None` in unit tests).
+    agent: Option<Arc<Agent>>,
+    source: &'static str,
+}
 
 impl<S: CommandSink> EndGuard<S> {
     fn end(mut self, end: CommandEnd) {
-        if let Some(sink) = self.0.take() {
+        self.deliver(end);
+    }
+
+    fn deliver(&mut self, end: CommandEnd) {
+        if let Some(sink) = self.sink.take() {
+            if let Some(agent) = &self.agent {
+                agent
+                    .metrics()
+                    .request(self.source, "exec", outcome_of(&end));
+            }
             sink.end(end);
         }
     }
@@ -194,11 +222,11 @@ impl<S: CommandSink> EndGuard<S> {
 
 impl<S: CommandSink> Drop for EndGuard<S> {
     fn drop(&mut self) {
-        if let Some(sink) = self.0.take() {
+        if self.sink.is_some() {
             error!(
                 "A command's task ended without an outcome (a bug); its stream ends with `internal`."
             );
-            sink.end(CommandEnd::Internal(
+            self.deliver(CommandEnd::Internal(
                 "the agent failed while running this request (an agent bug; see its log)".into(),
             ));
         }
@@ -218,6 +246,17 @@ fn sandbox_refusal(agent: &Agent, role: Role) -> Option<crate::policy::Decision>
             enforcement.degradations.first().map_or("", String::as_str)
         ),
     })
+}
+
+/// How a command's end counts in `dtma_requests_total`: a command that ran to its exit is
+/// `ok` whatever its exit code (the agent did its job).
+fn outcome_of(end: &CommandEnd) -> metrics::Outcome {
+    match end {
+        CommandEnd::Exited(o) if o.timed_out => metrics::Outcome::TimedOut,
+        CommandEnd::Exited(o) if o.cancelled => metrics::Outcome::Cancelled,
+        CommandEnd::Exited(_) => metrics::Outcome::Ok,
+        CommandEnd::SpawnFailed(_) | CommandEnd::Internal(_) => metrics::Outcome::Error,
+    }
 }
 
 /// The sandbox profile of a caller's role.
@@ -281,7 +320,11 @@ mod tests {
         let sink = Arc::new(Ends::default());
         let s = sink.clone();
         let joined = tokio::spawn(async move {
-            let _guard = EndGuard(Some(s));
+            let _guard = EndGuard {
+                sink: Some(s),
+                agent: None,
+                source: "http",
+            };
             panic!("a bug in a request task");
         })
         .await;
@@ -296,7 +339,12 @@ mod tests {
     #[tokio::test]
     async fn a_normal_end_is_delivered_once() {
         let sink = Arc::new(Ends::default());
-        EndGuard(Some(sink.clone())).end(CommandEnd::SpawnFailed("x".into()));
+        EndGuard {
+            sink: Some(sink.clone()),
+            agent: None,
+            source: "http",
+        }
+        .end(CommandEnd::SpawnFailed("x".into()));
         let ends = sink.0.lock().unwrap();
         assert_eq!(ends.as_slice(), [CommandEnd::SpawnFailed("x".into())]);
     }

@@ -51,6 +51,58 @@ impl Services {
     pub fn agent(&self) -> &Arc<Agent> {
         &self.agent
     }
+
+    /// `GET /metrics`: the agent's metrics in the Prometheus text format, with the MCP servers
+    /// by state sampled now from the MCP service's status: every state, 0 included, when
+    /// Docker answers; no series when it does not answer within 2 s (a scrape never waits on it
+    /// longer, and never shows stale or made-up states).
+    pub async fn metrics(&self) -> Result<String, std::fmt::Error> {
+        use dtma_protocol::ServerState as S;
+        let status = tokio::time::timeout(METRICS_DOCKER_BUDGET, self.mcp.status(None)).await;
+        let mut by_state: Vec<(&'static str, i64)> = Vec::new();
+        if let Ok(Ok(status)) = status {
+            let states = [
+                S::Starting,
+                S::Ready,
+                S::Degraded,
+                S::CrashLooping,
+                S::Failed,
+                S::Stopped,
+            ];
+            let servers: Vec<S> = status
+                .groups
+                .iter()
+                .flat_map(|g| &g.servers)
+                .map(|s| s.state)
+                .collect();
+            by_state = states
+                .into_iter()
+                .map(|state| {
+                    let n = servers.iter().filter(|s| **s == state).count();
+                    (state_name(state), n as i64)
+                })
+                .collect();
+        }
+        let metrics = self.agent.metrics();
+        metrics.set_mcp_servers(&by_state);
+        metrics.encode()
+    }
+}
+
+/// A scrape never waits on Docker longer than this.
+const METRICS_DOCKER_BUDGET: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A server state as its metric label (the protocol's own name for it).
+fn state_name(state: dtma_protocol::ServerState) -> &'static str {
+    use dtma_protocol::ServerState as S;
+    match state {
+        S::Starting => "starting",
+        S::Ready => "ready",
+        S::Degraded => "degraded",
+        S::CrashLooping => "crash_looping",
+        S::Failed => "failed",
+        S::Stopped => "stopped",
+    }
 }
 
 /// Who asked, through which entry point: named in audit records.
@@ -73,5 +125,25 @@ pub fn admit(agent: &Agent) -> Result<(), ShuttingDown> {
         Err(ShuttingDown)
     } else {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_state_labels_are_the_protocols_names() {
+        use dtma_protocol::ServerState as S;
+        for s in [
+            S::Starting,
+            S::Ready,
+            S::Degraded,
+            S::CrashLooping,
+            S::Failed,
+            S::Stopped,
+        ] {
+            assert_eq!(serde_json::to_value(s).unwrap(), state_name(s));
+        }
     }
 }

@@ -152,9 +152,21 @@ impl McpService {
 
     /// Changing servers needs the operator or admin role; the decision and the outcome are
     /// audited (never with an environment value).
-    async fn authorize(&self, origin: &Origin, action: &str, target: &str) -> Result<(), McpError> {
-        admit(&self.agent)?;
+    async fn authorize(
+        &self,
+        origin: &Origin,
+        action: &'static str,
+        target: &str,
+    ) -> Result<(), McpError> {
+        if let Err(e) = admit(&self.agent) {
+            let e = McpError::from(e);
+            self.count(origin, action, Err(&e));
+            return Err(e);
+        }
         let check = Self::may_change(&origin.caller, action);
+        if let Err(e) = &check {
+            self.count(origin, action, Err(e));
+        }
         let (decision, rule) = if check.is_ok() {
             ("allowed", "allowed")
         } else {
@@ -198,11 +210,25 @@ impl McpService {
             .await;
     }
 
+    /// Count an MCP change's end in `dtma_requests_total`.
+    fn count(&self, origin: &Origin, action: &'static str, result: Result<(), &McpError>) {
+        use crate::metrics::Outcome;
+        let outcome = match result {
+            Ok(()) => Outcome::Ok,
+            Err(McpError::Forbidden(_)) => Outcome::Denied,
+            Err(McpError::ShuttingDown(_)) => Outcome::Refused,
+            Err(_) => Outcome::Error,
+        };
+        self.agent
+            .metrics()
+            .request(origin.source.name(), action, outcome);
+    }
+
     /// Authorize, run `work`, and audit how it ended.
     async fn audited<T>(
         &self,
         origin: &Origin,
-        action: &str,
+        action: &'static str,
         target: &str,
         work: impl Future<Output = Result<T, McpError>>,
     ) -> Result<T, McpError> {
@@ -212,14 +238,16 @@ impl McpService {
         result
     }
 
-    /// The audit record of how a change ended: `finished`, with the outcome as its rule.
+    /// The audit record of how a change ended: `finished`, with the outcome as its rule; the
+    /// end is counted too.
     async fn audit_end<T>(
         &self,
         origin: &Origin,
-        action: &str,
+        action: &'static str,
         target: &str,
         result: &Result<T, McpError>,
     ) {
+        self.count(origin, action, result.as_ref().map(|_| ()));
         let how = match result {
             Ok(_) => "ok",
             Err(e) => error_name(e),
