@@ -145,6 +145,11 @@ pub async fn start_with_logs(
 ) -> Result<Running, StartError> {
     let agent = Agent::with_logs(config, logs)?;
     log_enforcement(agent.enforcement());
+    if agent.config().policy.operator_allow.is_some() {
+        tracing::warn!(
+            "The config file's `[policy] operator_allow` is ignored: the operator role is a kernel sandbox profile now."
+        );
+    }
     let addr = agent.config().listen;
     let listener = tokio::net::TcpListener::bind(addr)
         .await

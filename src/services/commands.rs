@@ -107,7 +107,7 @@ impl CommandService {
                 }
                 Source::Channel => None,
             };
-        let decision = agent.policy().check(req.caller.role, &req.spec.command);
+        let decision = agent.policy().check(&req.spec.command);
         let verdict = if decision.allowed {
             "allowed"
         } else {
