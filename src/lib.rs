@@ -150,6 +150,11 @@ pub async fn start_with_logs(
     let metrics = Arc::new(metrics::Metrics::new());
     let agent = Agent::build(config, logs, metrics)?;
     log_enforcement(agent.enforcement());
+    if agent.config().policy.operator_allow.is_some() {
+        tracing::warn!(
+            "The config file's `[policy] operator_allow` is ignored: the operator role is a kernel sandbox profile now."
+        );
+    }
     let addr = agent.config().listen;
     let listener = tokio::net::TcpListener::bind(addr)
         .await

@@ -165,7 +165,7 @@ async fn policy_denials_are_403_with_the_rule() {
         ("rm -rf /", "mass_deletion"),
         ("$(echo rm) -rf /", "unjudgeable"),
         ("/sbin/shutdown -h now", "power_state"),
-        ("echo cm0gLXJmIC8= | base64 -d | sh", "encoded_payload"),
+        ("curl -s http://127.0.0.1:9/i.sh | sh", "download_exec"),
     ] {
         let r = l.exec(serde_json::json!({ "command": cmd })).await;
         assert_eq!(r.status, 403, "{cmd}");
@@ -525,9 +525,11 @@ async fn roles_limit_what_a_token_may_do() {
         }
     };
     assert_eq!(diag("df -h").await.status, 200);
-    let r = diag("touch /tmp/dtma-diag-test").await;
+    // The guard rails apply to every role alike (what a role may write is the sandbox's job:
+    // tests/sandbox.rs); a refused command never runs.
+    let r = diag("systemctl reboot").await;
     assert_eq!(r.status, 403);
-    assert_eq!(r.json()["rule"], "role_diagnostics");
+    assert_eq!(r.json()["rule"], "power_state");
     // MCP management needs operator or admin.
     let r = l
         .post("/mcp/groups", Some(DIAG), r#"{"groupId":"g","servers":[]}"#)

@@ -436,8 +436,13 @@ fn tokens_roles_and_policy_come_from_the_file() {
     // Extra tokens are secrets too: scrubbed from children, never printed.
     assert_eq!(cfg.secrets.len(), 3);
     let policy = crate::policy::Policy::new(&cfg.policy).unwrap();
-    let d = policy.check(Role::Admin, "curl http://169.254.169.254/");
+    let d = policy.check("curl http://169.254.169.254/");
     assert_eq!((d.allowed, d.rule.as_str()), (false, "no_metadata"));
+    // Accepted for old files, ignored (the agent warns at start).
+    assert_eq!(
+        cfg.policy.operator_allow,
+        Some(vec!["systemctl".to_string()])
+    );
 
     dir.write(
         "dtma.toml",

@@ -308,7 +308,6 @@ impl Resolved {
                 "token": REDACTED,
             })).collect::<Vec<_>>(),
             "policy": {
-                "operator_allow": policy.operator_allow,
                 "extra_deny": policy.extra_deny.iter().map(|p| serde_json::json!({
                     "name": p.name,
                     "pattern": p.pattern,

@@ -1,90 +1,120 @@
-//! Command policy: decides whether a shell command line sent by the backend may run, by reasoning about what it runs.
+//! Command policy: guard rails against an honest admin's (or a backend bug's) classic slips in a shell command line.
 //!
-//! # Approach
-//! The command line is parsed the way `/bin/sh -c` (dash) would parse it ([`shell`]): quoting, escapes, here-documents,
-//! subshells, groups, loops, `if`/`case`, functions, command/process substitutions and backticks. The result is a flat
-//! list of every simple command anywhere in the tree, each with its words (static literal or dynamic) and its
-//! redirections. Then every simple command and every redirection is judged (`rules`):
-//! - the program is resolved by basename, looking through wrappers (`sudo`, `env`, `timeout`, `xargs`,
-//!   `find -exec`, `busybox`, …) and into nested shell code (`sh -c`, `su -c`, `watch`, `trap`, …), which is parsed and
-//!   judged recursively;
-//! - deny rules match on the program and its parsed arguments, never on raw substrings of the line (so
-//!   `grep -i shutdown /var/log/syslog` is fine while `/sbin/shutdown -h now` is not);
-//! - anything that cannot be judged statically is denied: a non-static command word (`$X`, `$(echo rm)`), `eval`,
-//!   shell code that is dynamic, code piped or here-doc'ed into a shell or interpreter, recursive deletes of
-//!   non-static paths, inline interpreter code that can run commands, input that does not parse, nests too deep
-//!   or is too long;
-//! - finally the role's allow-list applies: `Diagnostics` gets a read-only set (no output redirection except to
-//!   `/dev/null`, no credential files such as `/etc/shadow`); `Operator` gets that set plus `docker` (any
-//!   subcommand) plus the configured programs (with any arguments), and may redirect output to files; `Admin` has
-//!   no allow-list. Wrappers that only adjust how a program runs (`timeout`, `nice`, `env`, `xargs`, `sh -c` with
-//!   static code, …) are looked through; `sudo`, `su`, `chroot` and the like must themselves be allowed.
+//! **This is not a security boundary.** What a command may touch is decided by the kernel sandbox it runs under
+//! (`crate::exec::sandbox`: the role's user, Landlock ruleset, seccomp filter and `no_new_privs`, applied before
+//! `/bin/sh` starts). Someone who wants past these rails gets past them (an interpreter, a script on disk, an
+//! obfuscated string); they are here to catch `rm -rf /` typed by a tired human, not to stop an attacker.
 //!
-//! Reading the environment (`env`, `printenv`, `set`, `export -p`) is allowed on purpose: the agent scrubs secrets
-//! from the child's environment before running it. Naming the agent's secrets (`DTMA_BEARER_TOKEN`,
-//! `BACKEND_TO_DTMA_API_KEY`, `$CREDENTIALS_DIRECTORY`, `/etc/dtma*`) or reading another process's
-//! `/proc/<pid>/environ` is denied.
+//! # What it checks
+//! The line is parsed as dash (`/bin/sh`) parses it ([`shell`]); every simple command anywhere in it (in
+//! substitutions, loops, groups, functions) is looked at through the obvious wrappers (`sudo`, `doas`, `env`, `nice`,
+//! `ionice`, `timeout`, `nohup`, `xargs`, `time`, `stdbuf`, `command`, `exec`) and into shell code that can be read
+//! statically (`sh -c`/`bash -c CODE`, `eval`, `env -S`, a here-document into a shell), then judged by these rules:
 //!
-//! Relative paths are resolved against `/` (a systemd service's working directory) and against every directory a
-//! static `cd` in the same line may switch to; a dynamic `cd` makes relative paths of dangerous operations
-//! unjudgeable.
+//! | rule | the slip |
+//! |---|---|
+//! | `mass_deletion` | recursive delete of a system path or of everything in one (`rm -rf /`, `/etc`, `/usr`, `/*`, `/var/lib/docker/*`; `find / -delete`) |
+//! | `filesystem_tools` | creating a filesystem (`mkfs*`, `mke2fs`; `mkswap` of a device, not of a file) |
+//! | `block_device_write` | raw writes to a disk (`dd of=/dev/sda`, `> /dev/nvme0n1`, `shred`/`wipefs -a`/`blkdiscard`/`tee` on a disk, partition tools that write; `fdisk -l`, `sfdisk -d`, `parted … print` pass) |
+//! | `power_state` | `shutdown`, `reboot`, `halt`, `poweroff`, `init 0/1/6`, `systemctl reboot/poweroff/halt/kexec/…`, `kexec -e` |
+//! | `account_change` | root account changes (`passwd root`, bare `passwd`, `userdel root`, `usermod -L root`) |
+//! | `download_exec` | a download run as code (`curl … \| sh`, `wget -O- \| bash`, `bash -c "$(curl …)"`, `bash <(curl …)`) |
+//! | `crontab_remove` | `crontab -r` |
+//! | `docker_volume_prune` | `docker system prune --volumes`, `docker volume prune -a` |
+//! | `docker_remove_all` | removing every container or volume (`docker rm -f $(docker ps -aq)`, `docker ps -q \| xargs docker rm`) |
+//! | `docker_host_access` | `docker run`/`create` with `--privileged` or a bind mount of the host's root (`-v /:/host`) |
+//! | `unjudgeable` | an expansion or pattern where a literal could be one of the slips above (`rm -rf /$X`, `$CMD -rf /`, `dd of=$DEV`); literal text that cannot be a slip passes (`rm -rf /tmp/build-*`) |
+//! | `unparsable` | dash would reject the line (or it is too long or too deep) |
 //!
-//! # Layout
-//! - [`shell`]: the dash-like parser (words, redirections, the flat list of simple commands).
-//! - `rules/` (private): the engine (`rules/mod.rs`: rule order, per-script context, rule names) and one module per
-//!   rule family: `resolve` (wrappers and nested shell code), `args`, `paths`, `writes`, `deletion`, `power`,
-//!   `processes`, `secrets`, `services`, `firewall`, `network`, `permissions`, `code`, `awk_sed`, `embedded`,
-//!   `containers`, `roles`. Each carries unit tests of its family; `tests/policy_corpus.rs` is the end-to-end corpus.
+//! A passing command gets `allowed`; configured `extra_deny` patterns report their own names. The rule names are
+//! stable: they reach audit records and API errors.
 //!
 //! # Known limits
-//! The policy judges the command line, not the programs' behaviour:
-//! - aliases, functions and `PATH` entries defined earlier on the machine (e.g. in profile files) are unknown;
-//! - scripts on disk run by a shell or interpreter (`bash deploy.sh`, `python3 script.py`) are allowed whatever they do;
-//! - inline interpreter code is screened by a deny-list of names, which a determined author can obfuscate;
-//! - programs with their own command-execution options are covered only for common ones (`find -exec`, `xargs`,
-//!   `tar --to-command`, `rsync -e`, `ssh -o ProxyCommand`, `git -c core.*`, `sed e`, `awk system()`);
-//!   others (editors, pagers, `docker run` with host mounts, remote `ssh host cmd`) are not;
-//! - arithmetic and parameter expansions are treated as opaque data (bash array-subscript tricks are out of scope,
-//!   the agent runs dash).
+//! - Scripts on disk, interpreters' code (`python3 -c …`), aliases and functions defined elsewhere, and programs' own
+//!   ways to run commands (`find -exec`, `git -c`, editors) are not looked into.
+//! - A relative path is resolved against `/` (the service's working directory) or the last static `cd` before it;
+//!   whether that `cd` succeeded is not known (`cd /x; rm -rf *` is judged as if it had).
+//! - A request's own working directory is not known to the rails.
+//! - Words are not expanded: `$HOME`, `~`, `$(…)` are unknown strings, judged only where a literal could be a slip.
+//!
+//! # Layout
+//! - [`shell`]: the dash parser (words, patterns, redirections, here-documents, the flat list of simple commands).
+//! - `rails` (private): the engine (wrappers, nested code, expansions in program words, `extra_deny`).
+//! - `rules` (private): the rule families. `tests/policy_corpus.rs` holds the slips, the legitimate corpus and the
+//!   differential test against the real dash.
 
+mod rails;
 mod rules;
 pub mod shell;
 
 use regex::{Regex, RegexBuilder};
 
-/// Who is asking.
+/// Who is asking. The rails apply to every role alike; the role picks the caller's sandbox profile and what the
+/// local API lets it do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Read-only diagnostics.
     Diagnostics,
-    /// Day-to-day operations: diagnostics plus docker plus configured programs.
+    /// Day-to-day operations, MCP management.
     Operator,
-    /// Anything the deny rules pass.
+    /// Everything the sandbox's admin profile allows.
     Admin,
 }
+
+/// The rule name of a command that passes.
+pub const ALLOWED: &str = "allowed";
+pub(crate) const UNPARSABLE: &str = "unparsable";
+pub(crate) const UNJUDGEABLE: &str = "unjudgeable";
+pub(crate) const MASS: &str = "mass_deletion";
+pub(crate) const FS_TOOLS: &str = "filesystem_tools";
+pub(crate) const BLOCK_WRITE: &str = "block_device_write";
+pub(crate) const POWER: &str = "power_state";
+pub(crate) const ACCOUNT: &str = "account_change";
+pub(crate) const DOWNLOAD: &str = "download_exec";
+pub(crate) const CRONTAB: &str = "crontab_remove";
+pub(crate) const DOCKER_VOLUMES: &str = "docker_volume_prune";
+pub(crate) const DOCKER_REMOVE_ALL: &str = "docker_remove_all";
+pub(crate) const DOCKER_HOST: &str = "docker_host_access";
+
+/// Every rule name the built-in rails can report (configured `extra_deny` names come on top).
+pub const RULES: &[&str] = &[
+    ALLOWED,
+    UNPARSABLE,
+    UNJUDGEABLE,
+    MASS,
+    FS_TOOLS,
+    BLOCK_WRITE,
+    POWER,
+    ACCOUNT,
+    DOWNLOAD,
+    CRONTAB,
+    DOCKER_VOLUMES,
+    DOCKER_REMOVE_ALL,
+    DOCKER_HOST,
+];
 
 /// The verdict on one command line.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Decision {
     /// Whether the command may run.
     pub allowed: bool,
-    /// Stable name of the rule that decided, e.g. "power_state", "mass_deletion", "unparsable", "role_diagnostics", "allowed".
+    /// Stable rule name: one of [`RULES`] or a configured `extra_deny` name.
     pub rule: String,
-    /// Human sentence for the caller, naming the offending program/argument, e.g. "`shutdown` changes the machine's power state".
+    /// Human sentence for the caller, naming the offending program or word.
     pub reason: String,
 }
 
-/// Extra configuration from the agent's config file.
+/// The `[policy]` section of the config file.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
-    /// Extra deny regexes (applied to each simple command's words joined by single spaces, after parsing). Name = rule name.
+    /// Extra deny regexes, applied to each program's words joined by single spaces (after wrappers). Name = rule name.
     #[serde(default)]
     pub extra_deny: Vec<NamedPattern>,
-    /// Programs (basename) an Operator may run in addition to the diagnostics set.
+    /// Accepted for old config files and ignored (with a warning at start): the operator role is a sandbox profile.
     #[serde(default)]
-    pub operator_allow: Vec<String>,
+    pub operator_allow: Option<Vec<String>>,
 }
 
 /// A named regular expression.
@@ -109,15 +139,14 @@ pub enum Error {
     },
 }
 
-/// The command policy.
+/// The guard rails.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
     extra_deny: Vec<(String, Regex)>,
-    operator_allow: Vec<String>,
 }
 
 impl Policy {
-    /// Build a policy from the built-in rules plus the configuration.
+    /// Build the rails plus the configured `extra_deny` patterns.
     pub fn new(cfg: &PolicyConfig) -> Result<Policy, Error> {
         let mut extra_deny = Vec::with_capacity(cfg.extra_deny.len());
         for p in &cfg.extra_deny {
@@ -130,23 +159,19 @@ impl Policy {
                 })?;
             extra_deny.push((p.name.clone(), re));
         }
-        Ok(Policy {
-            extra_deny,
-            operator_allow: cfg.operator_allow.clone(),
-        })
+        Ok(Policy { extra_deny })
     }
 
-    /// Judge one command line for a role.
-    pub fn check(&self, role: Role, command: &str) -> Decision {
-        let engine = rules::Engine {
+    /// Judge one command line (for every role alike).
+    pub fn check(&self, command: &str) -> Decision {
+        let engine = rails::Engine {
             extra_deny: &self.extra_deny,
-            operator_allow: &self.operator_allow,
         };
-        match engine.check(role, command, 0) {
+        match engine.check(command, shell::Dialect::Dash, 0) {
             Ok(()) => Decision {
                 allowed: true,
-                rule: rules::ALLOWED.to_string(),
-                reason: "no rule denies this command".to_string(),
+                rule: ALLOWED.to_string(),
+                reason: "no guard rail applies to this command".to_string(),
             },
             Err(d) => Decision {
                 allowed: false,

@@ -1,10 +1,14 @@
-//! POSIX shell (`/bin/sh -c`, dash semantics) tokenizer and parser that flattens a command line into every simple command it would run.
+//! A parser of `/bin/sh -c` command lines as dash (Debian's and Ubuntu's `/bin/sh`) reads them, flattened into every
+//! simple command the line would run.
 //!
-//! The parser does not execute or expand anything. Each [`Word`] records its literal value when it is fully static
-//! (quotes removed, no expansion) and an approximation otherwise. Commands found inside command substitutions,
-//! backticks, process substitutions, here-documents with expansions, subshells, groups, loops, `if`/`case` bodies and
-//! function bodies all end up in the flat [`Script::commands`] list. Nesting depth and input length are bounded so that
-//! hostile input yields a [`ParseError`] instead of a stack overflow.
+//! Nothing is executed or expanded. Each [`Word`] keeps its literal value when it holds no expansion, and an
+//! approximation (expansions kept as source text) otherwise. Commands inside command substitutions, backquotes,
+//! here-documents with expansions, subshells, groups, `if`/`for`/`while`/`until`/`case` bodies and function bodies all
+//! land in the flat [`Script::commands`] list. Where dash and bash differ, this follows dash: `&>` is `&` then `>`,
+//! `[[` is an ordinary word, `function`, `time` and `$'…'` mean nothing special, and `<(…)`, `<<<`, `|&` are syntax
+//! errors. [`Dialect::Bash`] (for code handed to `bash -c`) accepts those bash forms. `tests/policy_corpus.rs` runs a
+//! generated corpus through the real dash and compares. Nesting depth and input length are bounded, so hostile input
+//! yields a [`ParseError`], never a stack overflow.
 
 use std::ops::Range;
 
@@ -13,20 +17,34 @@ pub const MAX_DEPTH: usize = 32;
 /// Maximum input length in bytes.
 pub const MAX_INPUT: usize = 64 * 1024;
 
+/// Which shell's grammar to follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// dash, i.e. `/bin/sh` where the agent runs.
+    Dash,
+    /// bash extensions on top: `<(…)`, `>(…)`, `&>`, `&>>`, `<<<`, `|&`, `;&`, `;;&`, `$'…'`, multi-digit fds.
+    Bash,
+}
+
 /// One shell word.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Word {
-    /// Source text of the word, quotes included.
+    /// Source text, quotes included.
     pub raw: String,
-    /// Literal value after quote removal, present only when the word contains no expansion at all.
+    /// Literal value after quote removal; `None` when the word holds an expansion (`$…`, backquotes, a leading `~`).
     pub value: Option<String>,
-    /// Literal parts with each expansion kept as its source text (for prefix/substring checks on dynamic words).
+    /// Literal parts with each expansion kept as its source text.
     pub approx: String,
-    /// Whether any part of the word was quoted or backslash-escaped.
+    /// Whether an unquoted `*`, `?` or `[` makes the word a pathname pattern.
+    pub glob: bool,
+    /// The word as a pattern for [`matches`]: quoted special characters escaped with `\\`, unquoted `*`, `?`, `[`
+    /// kept, each expansion written as [`ANY`].
+    pub pattern: String,
+    /// Whether any part was quoted or backslash-escaped.
     pub quoted: bool,
     /// Indices in [`Script::commands`] of the commands run by substitutions inside this word.
     pub substitutions: Range<usize>,
-    /// Whether the word contains a process substitution `<(…)` or `>(…)`.
+    /// Whether the word holds a bash process substitution `<(…)`/`>(…)`.
     pub process_substitution: bool,
 }
 
@@ -37,26 +55,19 @@ impl Word {
             raw: s.to_string(),
             value: Some(s.to_string()),
             approx: s.to_string(),
+            pattern: escape(s),
             ..Word::default()
         }
-    }
-
-    /// A copy of this word marked as dynamic (its value becomes unknown).
-    pub fn to_dynamic(&self) -> Word {
-        Word {
-            value: None,
-            ..self.clone()
-        }
-    }
-
-    /// Whether the word's literal value is known.
-    pub fn is_static(&self) -> bool {
-        self.value.is_some()
     }
 
     /// The literal value when static, else the approximation.
     pub fn text(&self) -> &str {
         self.value.as_deref().unwrap_or(&self.approx)
+    }
+
+    /// The value when it is one exact string: static and not a pattern.
+    pub fn exact(&self) -> Option<&str> {
+        self.value.as_deref().filter(|_| !self.glob)
     }
 }
 
@@ -73,107 +84,82 @@ pub enum RedirOp {
     Clobber,
     /// `<>`
     ReadWrite,
-    /// `<<`
+    /// `<<` or `<<-`
     HereDoc,
-    /// `<<-`
-    HereDocStrip,
-    /// `<<<` (here-string)
-    HereString,
     /// `<&`
     DupRead,
     /// `>&`
     DupWrite,
-    /// `&>`
+    /// bash `<<<`
+    HereString,
+    /// bash `&>` / `&>>`
     WriteBoth,
-    /// `&>>`
-    AppendBoth,
 }
 
-impl RedirOp {
-    fn from_op(op: &str) -> Option<RedirOp> {
-        Some(match op {
-            "<" => RedirOp::Read,
-            ">" => RedirOp::Write,
-            ">>" => RedirOp::Append,
-            ">|" => RedirOp::Clobber,
-            "<>" => RedirOp::ReadWrite,
-            "<<" => RedirOp::HereDoc,
-            "<<-" => RedirOp::HereDocStrip,
-            "<<<" => RedirOp::HereString,
-            "<&" => RedirOp::DupRead,
-            ">&" => RedirOp::DupWrite,
-            "&>" => RedirOp::WriteBoth,
-            "&>>" => RedirOp::AppendBoth,
-            _ => return None,
-        })
-    }
+const DASH_OPS: [&str; 17] = [
+    "<<-", "&&", "||", ";;", ">>", ">|", ">&", "<<", "<>", "<&", "<", ">", "|", "&", ";", "(", ")",
+];
+const BASH_OPS: [&str; 23] = [
+    ";;&", "<<-", "<<<", "&>>", "&&", "||", ";;", ";&", "|&", ">>", ">|", ">&", "<<", "<>", "<&",
+    "&>", "<", ">", "|", "&", ";", "(", ")",
+];
 
-    /// The operator as written in the shell.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RedirOp::Read => "<",
-            RedirOp::Write => ">",
-            RedirOp::Append => ">>",
-            RedirOp::Clobber => ">|",
-            RedirOp::ReadWrite => "<>",
-            RedirOp::HereDoc => "<<",
-            RedirOp::HereDocStrip => "<<-",
-            RedirOp::HereString => "<<<",
-            RedirOp::DupRead => "<&",
-            RedirOp::DupWrite => ">&",
-            RedirOp::WriteBoth => "&>",
-            RedirOp::AppendBoth => "&>>",
-        }
-    }
+fn redir_op(op: &str) -> Option<RedirOp> {
+    Some(match op {
+        "<" => RedirOp::Read,
+        ">" => RedirOp::Write,
+        ">>" => RedirOp::Append,
+        ">|" => RedirOp::Clobber,
+        "<>" => RedirOp::ReadWrite,
+        "<<" | "<<-" => RedirOp::HereDoc,
+        "<&" => RedirOp::DupRead,
+        ">&" => RedirOp::DupWrite,
+        "<<<" => RedirOp::HereString,
+        "&>" | "&>>" => RedirOp::WriteBoth,
+        _ => return None,
+    })
 }
 
-/// One redirection: optional fd number, operator and target word (the delimiter for here-documents).
+/// One redirection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Redirect {
     /// Explicit file descriptor (`2>`), if any.
     pub fd: Option<u32>,
     /// The operator.
     pub op: RedirOp,
-    /// The target word.
+    /// The target word (the delimiter for a here-document).
     pub target: Word,
+    /// For a here-document: its index in [`Script::heredocs`].
+    pub heredoc: Option<usize>,
 }
 
 impl Redirect {
-    /// Whether this redirection opens its target as a file for writing.
+    /// Whether the target is opened as a file for writing.
     pub fn writes_file(&self) -> bool {
         match self.op {
             RedirOp::Write
             | RedirOp::Append
             | RedirOp::Clobber
             | RedirOp::ReadWrite
-            | RedirOp::WriteBoth
-            | RedirOp::AppendBoth => true,
-            // `>&word` writes to a file unless the word is an fd number or `-`.
-            RedirOp::DupWrite => !is_fd_target(&self.target),
+            | RedirOp::WriteBoth => true,
+            // bash only: `>&file` writes stdout and stderr to the file (dash rejects it while parsing).
+            RedirOp::DupWrite => self.target.exact().is_some_and(|v| !is_fd_word(v)),
             _ => false,
         }
     }
 
-    /// Whether this redirection replaces stdin with a file, here-document or here-string.
+    /// Whether the redirection replaces stdin.
     pub fn feeds_stdin(&self) -> bool {
         matches!(self.fd, None | Some(0))
             && matches!(
                 self.op,
-                RedirOp::Read
-                    | RedirOp::ReadWrite
-                    | RedirOp::HereDoc
-                    | RedirOp::HereDocStrip
-                    | RedirOp::HereString
-                    | RedirOp::DupRead
+                RedirOp::Read | RedirOp::ReadWrite | RedirOp::HereDoc | RedirOp::HereString
             )
     }
 }
 
-fn is_fd_target(w: &Word) -> bool {
-    match w.value.as_deref() {
-        Some(v) => v == "-" || (!v.is_empty() && v.chars().all(|c| c.is_ascii_digit())),
-        None => false,
-    }
+fn is_fd_word(v: &str) -> bool {
+    v == "-" || (!v.is_empty() && v.chars().all(|c| c.is_ascii_digit()))
 }
 
 /// A simple command: assignments, words and redirections.
@@ -185,39 +171,28 @@ pub struct SimpleCommand {
     pub words: Vec<Word>,
     /// Redirections written on this command.
     pub redirects: Vec<Redirect>,
-    /// Whether stdin comes from an earlier pipeline stage.
-    pub stdin_from_pipe: bool,
-    /// Indices in [`Script::commands`] covering the earlier pipeline stages feeding this command (an over-approximation).
+    /// Indices in [`Script::commands`] of the earlier stages of its pipeline (an over-approximation), if any.
     pub upstream: Option<Range<usize>>,
 }
 
-/// A function definition `name() body`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FunctionDef {
-    /// The function name.
-    pub name: String,
-    /// Indices in [`Script::commands`] of the commands in its body.
-    pub body: Range<usize>,
-}
-
-/// A redirection written on a compound command; it applies to every command in `commands`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupRedirect {
-    /// Indices in [`Script::commands`] of the commands inside the compound command.
-    pub commands: Range<usize>,
-    /// The redirection.
-    pub redirect: Redirect,
+/// A here-document's body.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HereDoc {
+    /// The body as written (tabs stripped for `<<-`).
+    pub body: String,
+    /// Whether the body undergoes expansion (the delimiter was unquoted).
+    pub expands: bool,
 }
 
 /// The flattened parse result.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Script {
-    /// Every simple command anywhere in the tree.
+    /// Every simple command anywhere in the tree, substitutions before the command that holds them.
     pub commands: Vec<SimpleCommand>,
-    /// Every function definition.
-    pub functions: Vec<FunctionDef>,
-    /// Redirections on compound commands.
-    pub group_redirects: Vec<GroupRedirect>,
+    /// Redirections written on compound commands (`{ …; } > f`, `(…) > f`, `done > f`).
+    pub compound_redirects: Vec<Redirect>,
+    /// Here-document bodies, by [`Redirect::heredoc`].
+    pub heredocs: Vec<HereDoc>,
 }
 
 /// Why a command line could not be parsed.
@@ -238,15 +213,18 @@ pub enum ParseError {
     /// A token where the grammar does not allow it.
     #[error("syntax error near `{0}`")]
     Unexpected(String),
+    /// A construct dash refuses although it reads the token.
+    #[error("{0}")]
+    Bad(&'static str),
 }
 
-/// Parse a command line.
+/// Parse a command line with dash's grammar.
 pub fn parse(src: &str) -> Result<Script, ParseError> {
-    parse_at_depth(src, 0)
+    parse_nested(src, Dialect::Dash, 0)
 }
 
-/// Parse a command line that is itself nested `depth` levels deep (e.g. the string of `sh -c`).
-pub fn parse_at_depth(src: &str, depth: usize) -> Result<Script, ParseError> {
+/// Parse code that is itself nested `depth` levels deep (the string of `sh -c`).
+pub fn parse_nested(src: &str, dialect: Dialect, depth: usize) -> Result<Script, ParseError> {
     if src.len() > MAX_INPUT {
         return Err(ParseError::TooLong);
     }
@@ -257,19 +235,13 @@ pub fn parse_at_depth(src: &str, depth: usize) -> Result<Script, ParseError> {
         return Err(ParseError::TooDeep);
     }
     let mut out = Script::default();
-    let mut parser = Parser::new(src, depth, &mut out);
-    parser.parse_program()?;
+    Parser::new(src, dialect, depth, &mut out).parse_program()?;
     Ok(out)
 }
 
-const OPS: [&str; 23] = [
-    ";;&", "<<-", "<<<", "&>>", "&&", "||", ";;", ";&", "|&", ">>", ">|", ">&", "<<", "<>", "<&",
-    "&>", "<", ">", "|", "&", ";", "(", ")",
-];
-
-const RESERVED: [&str; 18] = [
+const RESERVED: [&str; 16] = [
     "if", "then", "else", "elif", "fi", "do", "done", "case", "esac", "while", "until", "for",
-    "in", "{", "}", "!", "function", "[[",
+    "in", "{", "}", "!",
 ];
 
 #[derive(Debug)]
@@ -308,8 +280,15 @@ fn describe(t: &Tok) -> String {
     }
 }
 
-fn is_redirect_op(op: &str) -> bool {
-    RedirOp::from_op(op).is_some()
+fn is_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
+        && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
+}
+
+/// Whether a word is a `NAME=value` assignment.
+pub fn is_assignment(w: &Word) -> bool {
+    w.raw.split_once('=').is_some_and(|(name, _)| is_name(name))
 }
 
 /// Remove quoting from a here-document delimiter.
@@ -318,11 +297,7 @@ fn unquote(raw: &str) -> String {
     let mut chars = raw.chars();
     while let Some(c) = chars.next() {
         match c {
-            '\\' => {
-                if let Some(n) = chars.next() {
-                    out.push(n);
-                }
-            }
+            '\\' => out.extend(chars.next()),
             '\'' | '"' => {}
             _ => out.push(c),
         }
@@ -334,34 +309,106 @@ fn unquote(raw: &str) -> String {
 struct Builder {
     value: String,
     approx: String,
+    pattern: String,
     dynamic: bool,
+    glob: bool,
     quoted: bool,
     procsub: bool,
-    brace_open: bool,
-    brace_sep: bool,
 }
 
 impl Builder {
+    /// A quoted (or escaped) character.
     fn push(&mut self, c: char) {
         self.value.push(c);
         self.approx.push(c);
+        if matches!(c, '*' | '?' | '[' | '\\' | ANY) {
+            self.pattern.push('\\');
+        }
+        self.pattern.push(c);
+    }
+
+    /// An unquoted literal character: `*`, `?` and `[` are pattern characters.
+    fn push_bare(&mut self, c: char) {
+        self.value.push(c);
+        self.approx.push(c);
+        self.glob |= matches!(c, '*' | '?' | '[');
+        self.pattern.push(c);
     }
 
     fn push_dynamic(&mut self, raw: &str) {
         self.approx.push_str(raw);
+        self.pattern.push(ANY);
         self.dynamic = true;
     }
+}
+
+/// In a [`Word::pattern`], an expansion: any string, `/` included.
+pub const ANY: char = '\u{1}';
+
+/// A literal string as a pattern.
+pub fn escape(s: &str) -> String {
+    let mut b = Builder::default();
+    s.chars().for_each(|c| b.push(c));
+    b.pattern
+}
+
+/// Whether `text` matches `pattern` (see [`Word::pattern`]): `*` any run without `/`, `?` one character other than
+/// `/`, `[…]` one character (the class is not read), [`ANY`] any run, `\\c` the character `c`.
+pub fn matches(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    // Memoised on (pattern index, text index): patterns and paths are short, so this stays small.
+    let mut seen = std::collections::HashSet::new();
+    let mut stack = vec![(0usize, 0usize)];
+    while let Some((i, j)) = stack.pop() {
+        if !seen.insert((i, j)) {
+            continue;
+        }
+        match p.get(i) {
+            None if j == t.len() => return true,
+            None => {}
+            Some(&ANY) => {
+                stack.push((i + 1, j));
+                if j < t.len() {
+                    stack.push((i, j + 1));
+                }
+            }
+            Some('*') => {
+                stack.push((i + 1, j));
+                if t.get(j).is_some_and(|c| *c != '/') {
+                    stack.push((i, j + 1));
+                }
+            }
+            Some('?') if t.get(j).is_some_and(|c| *c != '/') => stack.push((i + 1, j + 1)),
+            Some('[') if t.get(j).is_some_and(|c| *c != '/') => {
+                match p.iter().skip(i + 2).position(|c| *c == ']') {
+                    Some(k) => stack.push((i + 3 + k, j + 1)),
+                    None if t.get(j) == Some(&'[') => stack.push((i + 1, j + 1)),
+                    None => {}
+                }
+            }
+            Some('\\') if p.get(i + 1).is_some() && p.get(i + 1) == t.get(j) => {
+                stack.push((i + 2, j + 1));
+            }
+            Some(c) if !matches!(c, '?' | '[' | '\\') && Some(c) == t.get(j) => {
+                stack.push((i + 1, j + 1));
+            }
+            _ => {}
+        }
+    }
+    false
 }
 
 struct Pending {
     delim: String,
     strip_tabs: bool,
-    expand: bool,
+    index: usize,
 }
 
 struct Parser<'o> {
     src: Vec<char>,
     pos: usize,
+    dialect: Dialect,
     depth: usize,
     peeked: Option<Tok>,
     pending: Vec<Pending>,
@@ -369,15 +416,20 @@ struct Parser<'o> {
 }
 
 impl<'o> Parser<'o> {
-    fn new(src: &str, depth: usize, out: &'o mut Script) -> Parser<'o> {
+    fn new(src: &str, dialect: Dialect, depth: usize, out: &'o mut Script) -> Parser<'o> {
         Parser {
             src: src.chars().collect(),
             pos: 0,
+            dialect,
             depth,
             peeked: None,
             pending: Vec::new(),
             out,
         }
+    }
+
+    fn bash(&self) -> bool {
+        self.dialect == Dialect::Bash
     }
 
     fn ch(&self, off: usize) -> Option<char> {
@@ -413,10 +465,7 @@ impl<'o> Parser<'o> {
                 (Some(' ' | '\t'), _) => self.pos += 1,
                 (Some('\\'), Some('\n')) => self.pos += 2,
                 (Some('#'), _) => {
-                    while let Some(c) = self.ch(0) {
-                        if c == '\n' {
-                            break;
-                        }
+                    while self.ch(0).is_some_and(|c| c != '\n') {
                         self.pos += 1;
                     }
                 }
@@ -431,18 +480,20 @@ impl<'o> Parser<'o> {
             self.read_heredocs()?;
             return Ok(Tok::Newline);
         }
-        if (c == '<' || c == '>') && self.ch(1) == Some('(') {
+        if self.bash() && (c == '<' || c == '>') && self.ch(1) == Some('(') {
             return self.read_word().map(Tok::Word);
         }
-        for op in OPS {
+        let ops: &[&'static str] = if self.bash() { &BASH_OPS } else { &DASH_OPS };
+        for op in ops {
             if self.starts_with(op) {
                 self.pos += op.len();
                 return Ok(Tok::Op(op));
             }
         }
         let w = self.read_word()?;
+        let max_digits = if self.bash() { 9 } else { 1 };
         if !w.quoted
-            && !w.raw.is_empty()
+            && (1..=max_digits).contains(&w.raw.len())
             && w.raw.chars().all(|c| c.is_ascii_digit())
             && matches!(self.ch(0), Some('<' | '>'))
             && let Ok(n) = w.raw.parse::<u32>()
@@ -458,14 +509,11 @@ impl<'o> Parser<'o> {
         let mut b = Builder::default();
         while let Some(c) = self.ch(0) {
             match c {
-                '<' | '>' if self.ch(1) == Some('(') => {
+                '<' | '>' if self.bash() && self.ch(1) == Some('(') => {
                     let piece = self.pos;
                     self.pos += 2;
-                    self.enter()?;
                     self.nested_list("process substitution")?;
-                    self.leave();
-                    let raw = self.slice(piece..self.pos);
-                    b.push_dynamic(&raw);
+                    b.push_dynamic(&self.slice(piece..self.pos));
                     b.procsub = true;
                 }
                 ' ' | '\t' | '\n' | ';' | '&' | '|' | '(' | ')' | '<' | '>' => break,
@@ -489,16 +537,12 @@ impl<'o> Parser<'o> {
                     loop {
                         match self.ch(0) {
                             None => return Err(ParseError::Unterminated("single quote")),
-                            Some('\'') => {
-                                self.pos += 1;
-                                break;
-                            }
-                            Some(q) => {
-                                b.push(q);
-                                self.pos += 1;
-                            }
+                            Some('\'') => break,
+                            Some(q) => b.push(q),
                         }
+                        self.pos += 1;
                     }
+                    self.pos += 1;
                 }
                 '"' => {
                     b.quoted = true;
@@ -506,17 +550,13 @@ impl<'o> Parser<'o> {
                     self.read_dquote(&mut b, false)?;
                 }
                 '$' => self.read_dollar(&mut b, false)?,
-                '`' => self.read_backtick(&mut b, false)?,
+                '`' => self.read_backtick(&mut b)?,
+                '~' if self.pos == start => {
+                    b.push_dynamic("~");
+                    self.pos += 1;
+                }
                 _ => {
-                    // bash brace expansion (`{rm,-rf,/}`, `{1..3}`) makes the word's value unknown.
-                    match c {
-                        '{' => b.brace_open = true,
-                        ',' if b.brace_open => b.brace_sep = true,
-                        '.' if b.brace_open && self.ch(1) == Some('.') => b.brace_sep = true,
-                        '}' if b.brace_open && b.brace_sep => b.dynamic = true,
-                        _ => {}
-                    }
-                    b.push(c);
+                    b.push_bare(c);
                     self.pos += 1;
                 }
             }
@@ -524,18 +564,19 @@ impl<'o> Parser<'o> {
         if self.pos == start {
             return Err(ParseError::Unexpected(self.slice(start..start + 1)));
         }
-        let raw = self.slice(start..self.pos);
         Ok(Word {
-            raw,
-            value: if b.dynamic { None } else { Some(b.value) },
+            raw: self.slice(start..self.pos),
+            value: (!b.dynamic).then_some(b.value),
             approx: b.approx,
+            pattern: b.pattern,
+            glob: b.glob,
             quoted: b.quoted,
             substitutions: sub_start..self.out.commands.len(),
             process_substitution: b.procsub,
         })
     }
 
-    /// Contents of a double-quoted string (after the opening quote), or of an unquoted here-document body.
+    /// Contents of a double-quoted string (after the opening quote), or of an expanding here-document body.
     fn read_dquote(&mut self, b: &mut Builder, heredoc: bool) -> Result<(), ParseError> {
         loop {
             match self.ch(0) {
@@ -545,28 +586,21 @@ impl<'o> Parser<'o> {
                     self.pos += 1;
                     return Ok(());
                 }
-                Some('\\') => match self.ch(1) {
-                    Some(c @ ('$' | '`' | '\\')) => {
-                        b.push(c);
-                        self.pos += 2;
+                Some('\\') => {
+                    match self.ch(1) {
+                        Some(c @ ('$' | '`' | '\\')) => b.push(c),
+                        Some('"') if !heredoc => b.push('"'),
+                        Some('\n') => {}
+                        Some(c) => {
+                            b.push('\\');
+                            b.push(c);
+                        }
+                        None => b.push('\\'),
                     }
-                    Some('"') if !heredoc => {
-                        b.push('"');
-                        self.pos += 2;
-                    }
-                    Some('\n') => self.pos += 2,
-                    Some(c) => {
-                        b.push('\\');
-                        b.push(c);
-                        self.pos += 2;
-                    }
-                    None => {
-                        b.push('\\');
-                        self.pos += 1;
-                    }
-                },
+                    self.pos = (self.pos + 2).min(self.src.len());
+                }
                 Some('$') => self.read_dollar(b, true)?,
-                Some('`') => self.read_backtick(b, !heredoc)?,
+                Some('`') => self.read_backtick(b)?,
                 Some(c) => {
                     b.push(c);
                     self.pos += 1;
@@ -575,52 +609,42 @@ impl<'o> Parser<'o> {
         }
     }
 
-    /// A `$` expansion (or a literal `$`).
+    /// A `$` expansion, or a literal `$`.
     fn read_dollar(&mut self, b: &mut Builder, in_dq: bool) -> Result<(), ParseError> {
         let start = self.pos;
         match self.ch(1) {
-            Some('(') if self.ch(2) == Some('(') && self.looks_arithmetic() => {
+            Some('(') if self.ch(2) == Some('(') => {
+                // dash reads `$((` as arithmetic, always.
                 self.pos += 3;
                 self.read_arith()?;
             }
             Some('(') => {
                 self.pos += 2;
-                self.enter()?;
                 self.nested_list("command substitution")?;
-                self.leave();
             }
             Some('{') => {
                 self.pos += 2;
                 self.read_braced_param()?;
             }
-            Some('\'') if !in_dq => {
-                // bash ANSI-C quoting: its value depends on escape processing, treat as dynamic.
+            Some('\'') if self.bash() && !in_dq => {
                 self.pos += 2;
                 loop {
                     match self.ch(0) {
                         None => return Err(ParseError::Unterminated("$'…' quote")),
                         Some('\\') => self.pos += 2,
-                        Some('\'') => {
-                            self.pos += 1;
-                            break;
-                        }
+                        Some('\'') => break,
                         Some(_) => self.pos += 1,
                     }
                 }
-            }
-            Some('"') if !in_dq => {
-                // bash locale string `$"…"`: same as a double-quoted string.
                 self.pos += 1;
-                return Ok(());
             }
             Some(c) if c == '_' || c.is_ascii_alphabetic() => {
                 self.pos += 1;
-                while let Some(c) = self.ch(0) {
-                    if c == '_' || c.is_ascii_alphanumeric() {
-                        self.pos += 1;
-                    } else {
-                        break;
-                    }
+                while self
+                    .ch(0)
+                    .is_some_and(|c| c == '_' || c.is_ascii_alphanumeric())
+                {
+                    self.pos += 1;
                 }
             }
             Some(c) if c.is_ascii_digit() || "@*#?-$!".contains(c) => self.pos += 2,
@@ -635,60 +659,30 @@ impl<'o> Parser<'o> {
         Ok(())
     }
 
-    /// Cheap look-ahead deciding whether `$((` starts arithmetic (closes with `))`) or a subshell in a substitution.
-    fn looks_arithmetic(&self) -> bool {
-        let mut i = self.pos + 3;
-        let mut depth = 0usize;
-        while let Some(&c) = self.src.get(i) {
-            match c {
-                '(' => depth += 1,
-                ')' => {
-                    if depth == 0 {
-                        return self.src.get(i + 1) == Some(&')');
-                    }
-                    depth -= 1;
-                }
-                '\\' => i += 1,
-                '\'' => {
-                    i += 1;
-                    while let Some(&q) = self.src.get(i) {
-                        if q == '\'' {
-                            break;
-                        }
-                        i += 1;
-                    }
-                }
-                _ => {}
-            }
-            i += 1;
-        }
-        true
-    }
-
     fn read_arith(&mut self) -> Result<(), ParseError> {
         self.enter()?;
         let mut tmp = Builder::default();
-        let mut depth = 0usize;
+        let mut open = 0usize;
         loop {
             match self.ch(0) {
                 None => return Err(ParseError::Unterminated("$((")),
                 Some('(') => {
-                    depth += 1;
+                    open += 1;
                     self.pos += 1;
                 }
-                Some(')') => {
-                    if depth == 0 {
-                        if self.ch(1) == Some(')') {
-                            self.pos += 2;
-                            break;
-                        }
-                        return Err(ParseError::Unexpected(")".to_string()));
+                Some(')') if open == 0 => {
+                    if self.ch(1) != Some(')') {
+                        return Err(ParseError::Unterminated("$(("));
                     }
-                    depth -= 1;
+                    self.pos += 2;
+                    break;
+                }
+                Some(')') => {
+                    open -= 1;
                     self.pos += 1;
                 }
                 Some('$') => self.read_dollar(&mut tmp, true)?,
-                Some('`') => self.read_backtick(&mut tmp, false)?,
+                Some('`') => self.read_backtick(&mut tmp)?,
                 Some('\\') => self.pos += 2,
                 Some(_) => self.pos += 1,
             }
@@ -710,23 +704,20 @@ impl<'o> Parser<'o> {
                 Some('\\') => self.pos += 2,
                 Some('\'') => {
                     self.pos += 1;
-                    loop {
-                        match self.ch(0) {
-                            None => return Err(ParseError::Unterminated("single quote")),
-                            Some('\'') => {
-                                self.pos += 1;
-                                break;
-                            }
-                            Some(_) => self.pos += 1,
+                    while self.ch(0) != Some('\'') {
+                        if self.ch(0).is_none() {
+                            return Err(ParseError::Unterminated("single quote"));
                         }
+                        self.pos += 1;
                     }
+                    self.pos += 1;
                 }
                 Some('"') => {
                     self.pos += 1;
                     self.read_dquote(&mut tmp, false)?;
                 }
                 Some('$') => self.read_dollar(&mut tmp, true)?,
-                Some('`') => self.read_backtick(&mut tmp, true)?,
+                Some('`') => self.read_backtick(&mut tmp)?,
                 Some(_) => self.pos += 1,
             }
         }
@@ -734,7 +725,7 @@ impl<'o> Parser<'o> {
         Ok(())
     }
 
-    fn read_backtick(&mut self, b: &mut Builder, in_dq: bool) -> Result<(), ParseError> {
+    fn read_backtick(&mut self, b: &mut Builder) -> Result<(), ParseError> {
         self.enter()?;
         let start = self.pos;
         self.pos += 1;
@@ -742,45 +733,40 @@ impl<'o> Parser<'o> {
         loop {
             match self.ch(0) {
                 None => return Err(ParseError::Unterminated("backquote")),
-                Some('`') => {
-                    self.pos += 1;
-                    break;
-                }
-                Some('\\') => match self.ch(1) {
-                    Some(c @ ('$' | '`' | '\\')) => {
-                        inner.push(c);
-                        self.pos += 2;
+                Some('`') => break,
+                Some('\\') => {
+                    match self.ch(1) {
+                        Some(c @ ('$' | '`' | '\\')) => inner.push(c),
+                        Some(c) => {
+                            inner.push('\\');
+                            inner.push(c);
+                        }
+                        None => inner.push('\\'),
                     }
-                    Some('"') if in_dq => {
-                        inner.push('"');
-                        self.pos += 2;
-                    }
-                    Some(c) => {
-                        inner.push('\\');
-                        inner.push(c);
-                        self.pos += 2;
-                    }
-                    None => {
-                        inner.push('\\');
-                        self.pos += 1;
-                    }
-                },
-                Some(c) => {
-                    inner.push(c);
                     self.pos += 1;
                 }
+                Some(c) => inner.push(c),
             }
+            self.pos += 1;
         }
-        let mut child = Parser::new(&inner, self.depth, &mut *self.out);
-        child.parse_program()?;
+        self.pos += 1;
+        // dash stops reading backquoted code at a token that ends a list (`}`, `fi`, `)`, …) and ignores the rest.
+        let bash = self.bash();
+        let mut child = Parser::new(&inner, self.dialect, self.depth, &mut *self.out);
+        if bash {
+            child.parse_program()?;
+        } else {
+            child.parse_list()?;
+        }
         self.leave();
         let raw = self.slice(start..self.pos);
         b.push_dynamic(&raw);
         Ok(())
     }
 
-    /// Parse a command list up to a closing `)` (substitutions); the lexer state is saved around it.
+    /// A command list up to the closing `)` of a substitution; the lexer state is saved around it.
     fn nested_list(&mut self, what: &'static str) -> Result<(), ParseError> {
+        self.enter()?;
         let saved = self.peeked.take();
         self.parse_list()?;
         match self.next()? {
@@ -789,42 +775,43 @@ impl<'o> Parser<'o> {
             t => return Err(ParseError::Unexpected(describe(&t))),
         }
         self.peeked = saved;
+        self.leave();
         Ok(())
     }
 
     fn read_heredocs(&mut self) -> Result<(), ParseError> {
-        let pending = std::mem::take(&mut self.pending);
-        for h in pending {
+        for h in std::mem::take(&mut self.pending) {
             let mut body = String::new();
             while self.pos < self.src.len() {
                 let line_start = self.pos;
-                while let Some(c) = self.ch(0) {
-                    if c == '\n' {
-                        break;
-                    }
+                while self.ch(0).is_some_and(|c| c != '\n') {
                     self.pos += 1;
                 }
                 let line = self.slice(line_start..self.pos);
                 if self.ch(0) == Some('\n') {
                     self.pos += 1;
                 }
-                let cmp = if h.strip_tabs {
+                let line = if h.strip_tabs {
                     line.trim_start_matches('\t')
                 } else {
                     line.as_str()
                 };
-                if cmp == h.delim {
+                if line == h.delim {
                     break;
                 }
-                body.push_str(cmp);
+                body.push_str(line);
                 body.push('\n');
             }
-            if h.expand {
+            let expands = self.out.heredocs.get(h.index).is_some_and(|d| d.expands);
+            if expands {
                 self.enter()?;
                 let mut tmp = Builder::default();
-                let mut child = Parser::new(&body, self.depth, &mut *self.out);
-                child.read_dquote(&mut tmp, true)?;
+                Parser::new(&body, self.dialect, self.depth, &mut *self.out)
+                    .read_dquote(&mut tmp, true)?;
                 self.leave();
+            }
+            if let Some(d) = self.out.heredocs.get_mut(h.index) {
+                d.body = body;
             }
         }
         Ok(())
@@ -853,6 +840,14 @@ impl<'o> Parser<'o> {
         }
     }
 
+    fn unexpected(&mut self, what: &'static str) -> ParseError {
+        match self.next() {
+            Ok(Tok::Eof) => ParseError::Unterminated(what),
+            Ok(t) => ParseError::Unexpected(describe(&t)),
+            Err(e) => e,
+        }
+    }
+
     fn skip_newlines(&mut self) -> Result<(), ParseError> {
         while self.peek_kind()? == Kind::Newline {
             self.next()?;
@@ -860,20 +855,17 @@ impl<'o> Parser<'o> {
         Ok(())
     }
 
-    fn expect_keyword(&mut self, kw: &'static str) -> Result<(), ParseError> {
-        match self.next()? {
-            Tok::Word(w) if reserved(&w) == Some(kw) => Ok(()),
-            Tok::Eof => Err(ParseError::Unterminated(kw_context(kw))),
-            t => Err(ParseError::Unexpected(describe(&t))),
+    fn expect(&mut self, want: Kind, what: &'static str) -> Result<(), ParseError> {
+        if self.peek_kind()? == want {
+            self.next()?;
+            Ok(())
+        } else {
+            Err(self.unexpected(what))
         }
     }
 
-    fn expect_op(&mut self, op: &'static str, ctx: &'static str) -> Result<(), ParseError> {
-        match self.next()? {
-            Tok::Op(o) if o == op => Ok(()),
-            Tok::Eof => Err(ParseError::Unterminated(ctx)),
-            t => Err(ParseError::Unexpected(describe(&t))),
-        }
+    fn keyword(&mut self, kw: &'static str, what: &'static str) -> Result<(), ParseError> {
+        self.expect(Kind::Word(Some(kw)), what)
     }
 
     // ---------------------------------------------------------------- grammar
@@ -882,26 +874,21 @@ impl<'o> Parser<'o> {
         self.parse_list()?;
         match self.next()? {
             Tok::Eof => Ok(()),
-            Tok::Op(")") => Err(ParseError::Unexpected(")".to_string())),
             t => Err(ParseError::Unexpected(describe(&t))),
         }
-    }
-
-    fn at_list_end(&mut self) -> Result<bool, ParseError> {
-        Ok(matches!(
-            self.peek_kind()?,
-            Kind::Eof
-                | Kind::Op(")" | ";;" | ";&" | ";;&")
-                | Kind::Word(Some(
-                    "then" | "else" | "elif" | "fi" | "do" | "done" | "esac" | "}"
-                ))
-        ))
     }
 
     fn parse_list(&mut self) -> Result<(), ParseError> {
         loop {
             self.skip_newlines()?;
-            if self.at_list_end()? {
+            if matches!(
+                self.peek_kind()?,
+                Kind::Eof
+                    | Kind::Op(")" | ";;" | ";&" | ";;&")
+                    | Kind::Word(Some(
+                        "then" | "else" | "elif" | "fi" | "do" | "done" | "esac" | "}"
+                    ))
+            ) {
                 return Ok(());
             }
             self.parse_and_or()?;
@@ -926,179 +913,123 @@ impl<'o> Parser<'o> {
     }
 
     fn parse_pipeline(&mut self) -> Result<(), ParseError> {
-        loop {
-            match self.peek_kind()? {
-                Kind::Word(Some("!")) => {
-                    self.next()?;
-                }
-                Kind::Word(None) if matches!(&self.peeked, Some(Tok::Word(w)) if !w.quoted && w.value.as_deref() == Some("time")) =>
-                {
-                    self.next()?;
-                    if matches!(self.peek_kind()?, Kind::Word(None))
-                        && matches!(&self.peeked, Some(Tok::Word(w)) if w.value.as_deref() == Some("-p"))
-                    {
-                        self.next()?;
-                    }
-                    if matches!(
-                        self.peek_kind()?,
-                        Kind::Eof | Kind::Newline | Kind::Op(";" | "&")
-                    ) {
-                        return Ok(());
-                    }
-                }
-                _ => break,
-            }
+        if self.peek_kind()? == Kind::Word(Some("!")) {
+            self.next()?;
         }
-        let mut stages: Vec<Range<usize>> = Vec::new();
+        let first = self.out.commands.len();
         loop {
             let start = self.out.commands.len();
             self.parse_command()?;
-            stages.push(start..self.out.commands.len());
-            if matches!(self.peek_kind()?, Kind::Op("|" | "|&")) {
-                self.next()?;
-                self.skip_newlines()?;
-            } else {
-                break;
-            }
-        }
-        let first = stages.first().map(|r| r.start).unwrap_or(0);
-        for stage in stages.iter().skip(1) {
-            let up = first..stage.start;
-            for idx in stage.clone() {
-                if let Some(cmd) = self.out.commands.get_mut(idx) {
-                    cmd.stdin_from_pipe = true;
+            if start > first {
+                let up = first..start;
+                for cmd in self.out.commands.get_mut(start..).unwrap_or_default() {
                     cmd.upstream = Some(match cmd.upstream.take() {
                         Some(old) => old.start.min(up.start)..old.end.max(up.end),
                         None => up.clone(),
                     });
                 }
             }
+            if matches!(self.peek_kind()?, Kind::Op("|" | "|&")) {
+                self.next()?;
+                self.skip_newlines()?;
+            } else {
+                return Ok(());
+            }
         }
-        Ok(())
     }
 
     fn parse_command(&mut self) -> Result<(), ParseError> {
-        let start = self.out.commands.len();
         match self.peek_kind()? {
             Kind::Op("(") => {
                 self.next()?;
-                self.enter()?;
-                self.parse_list()?;
-                self.expect_op(")", "subshell")?;
-                self.leave();
+                self.body(|p| {
+                    p.parse_list()?;
+                    p.expect(Kind::Op(")"), "subshell")
+                })?;
             }
             Kind::Word(Some("{")) => {
                 self.next()?;
-                self.enter()?;
-                self.parse_list()?;
-                self.expect_keyword("}")?;
-                self.leave();
+                self.body(|p| {
+                    p.parse_list()?;
+                    p.keyword("}", "brace group")
+                })?;
             }
             Kind::Word(Some("if")) => {
                 self.next()?;
-                self.enter()?;
-                self.parse_list()?;
-                self.expect_keyword("then")?;
-                self.parse_list()?;
-                loop {
-                    match self.peek_kind()? {
-                        Kind::Word(Some("elif")) => {
-                            self.next()?;
-                            self.parse_list()?;
-                            self.expect_keyword("then")?;
-                            self.parse_list()?;
+                self.body(|p| {
+                    p.parse_list()?;
+                    p.keyword("then", "if")?;
+                    p.parse_list()?;
+                    loop {
+                        match p.peek_kind()? {
+                            Kind::Word(Some("elif")) => {
+                                p.next()?;
+                                p.parse_list()?;
+                                p.keyword("then", "if")?;
+                                p.parse_list()?;
+                            }
+                            Kind::Word(Some("else")) => {
+                                p.next()?;
+                                p.parse_list()?;
+                                return p.keyword("fi", "if");
+                            }
+                            _ => return p.keyword("fi", "if"),
                         }
-                        Kind::Word(Some("else")) => {
-                            self.next()?;
-                            self.parse_list()?;
-                        }
-                        _ => break,
                     }
-                }
-                self.expect_keyword("fi")?;
-                self.leave();
+                })?;
             }
             Kind::Word(Some("while" | "until")) => {
                 self.next()?;
-                self.enter()?;
-                self.parse_list()?;
-                self.expect_keyword("do")?;
-                self.parse_list()?;
-                self.expect_keyword("done")?;
-                self.leave();
+                self.body(|p| {
+                    p.parse_list()?;
+                    p.do_group()
+                })?;
             }
             Kind::Word(Some("for")) => {
                 self.next()?;
-                self.enter()?;
-                self.parse_for()?;
-                self.leave();
+                self.body(Parser::parse_for)?;
             }
             Kind::Word(Some("case")) => {
                 self.next()?;
-                self.enter()?;
-                self.parse_case()?;
-                self.leave();
+                self.body(Parser::parse_case)?;
             }
-            Kind::Word(Some("function")) => {
-                self.next()?;
-                let name = match self.next()? {
-                    Tok::Word(w) => w.text().to_string(),
-                    t => return Err(ParseError::Unexpected(describe(&t))),
-                };
-                if self.peek_kind()? == Kind::Op("(") {
-                    self.next()?;
-                    self.expect_op(")", "function definition")?;
-                }
-                return self.function_body(name);
-            }
-            Kind::Word(Some("[[")) => {
-                self.parse_double_bracket()?;
-                return Ok(());
-            }
-            Kind::Word(Some(
-                kw @ ("then" | "else" | "elif" | "fi" | "do" | "done" | "esac" | "}" | "in"),
-            )) => {
-                return Err(ParseError::Unexpected(kw.to_string()));
-            }
+            Kind::Word(Some(kw)) => return Err(ParseError::Unexpected(kw.into())),
             Kind::Word(_) | Kind::IoNum => return self.parse_simple(),
-            Kind::Op(o) if is_redirect_op(o) => return self.parse_simple(),
-            Kind::Eof => return Err(ParseError::Unterminated("command")),
-            Kind::Op(o) => return Err(ParseError::Unexpected(o.to_string())),
-            Kind::Newline => return Err(ParseError::Unexpected("newline".to_string())),
+            Kind::Op(o) if redir_op(o).is_some() => return self.parse_simple(),
+            _ => return Err(self.unexpected("command")),
         }
-        // Trailing redirections of a compound command.
-        let range = start..self.out.commands.len();
         while self.is_redirect_start()? {
             let r = self.parse_redirect()?;
-            self.out.group_redirects.push(GroupRedirect {
-                commands: range.clone(),
-                redirect: r,
-            });
+            self.out.compound_redirects.push(r);
         }
         Ok(())
     }
 
-    fn function_body(&mut self, name: String) -> Result<(), ParseError> {
-        self.skip_newlines()?;
+    fn body(
+        &mut self,
+        f: impl FnOnce(&mut Parser<'o>) -> Result<(), ParseError>,
+    ) -> Result<(), ParseError> {
         self.enter()?;
-        let start = self.out.commands.len();
-        self.parse_command()?;
+        f(self)?;
         self.leave();
-        let body = start..self.out.commands.len();
-        self.out.functions.push(FunctionDef { name, body });
         Ok(())
+    }
+
+    fn do_group(&mut self) -> Result<(), ParseError> {
+        self.keyword("do", "loop")?;
+        self.parse_list()?;
+        self.keyword("done", "loop")
     }
 
     fn parse_for(&mut self) -> Result<(), ParseError> {
         match self.next()? {
-            Tok::Word(_) => {}
-            Tok::Op("(") => return Err(ParseError::Unexpected("for ((".to_string())),
-            t => return Err(ParseError::Unexpected(describe(&t))),
+            Tok::Word(w) if w.value.as_deref().is_some_and(is_name) => {}
+            Tok::Eof => return Err(ParseError::Unterminated("for loop")),
+            _ => return Err(ParseError::Bad("Bad for loop variable")),
         }
         self.skip_newlines()?;
         if self.peek_kind()? == Kind::Word(Some("in")) {
             self.next()?;
-            // The words of the list: substitutions inside them are collected by the lexer.
             while matches!(self.peek_kind()?, Kind::Word(_)) {
                 self.next()?;
             }
@@ -1106,19 +1037,13 @@ impl<'o> Parser<'o> {
                 Kind::Op(";") | Kind::Newline => {
                     self.next()?;
                 }
-                Kind::Eof => return Err(ParseError::Unterminated("for loop")),
-                _ => {
-                    let t = self.next()?;
-                    return Err(ParseError::Unexpected(describe(&t)));
-                }
+                _ => return Err(self.unexpected("for loop")),
             }
         } else if self.peek_kind()? == Kind::Op(";") {
             self.next()?;
         }
         self.skip_newlines()?;
-        self.expect_keyword("do")?;
-        self.parse_list()?;
-        self.expect_keyword("done")
+        self.do_group()
     }
 
     fn parse_case(&mut self) -> Result<(), ParseError> {
@@ -1128,16 +1053,12 @@ impl<'o> Parser<'o> {
             t => return Err(ParseError::Unexpected(describe(&t))),
         }
         self.skip_newlines()?;
-        self.expect_keyword("in")?;
+        self.keyword("in", "case")?;
         loop {
             self.skip_newlines()?;
-            match self.peek_kind()? {
-                Kind::Word(Some("esac")) => {
-                    self.next()?;
-                    return Ok(());
-                }
-                Kind::Eof => return Err(ParseError::Unterminated("case")),
-                _ => {}
+            if self.peek_kind()? == Kind::Word(Some("esac")) {
+                self.next()?;
+                return Ok(());
             }
             if self.peek_kind()? == Kind::Op("(") {
                 self.next()?;
@@ -1148,68 +1069,41 @@ impl<'o> Parser<'o> {
                     Tok::Eof => return Err(ParseError::Unterminated("case")),
                     t => return Err(ParseError::Unexpected(describe(&t))),
                 }
-                if self.peek_kind()? == Kind::Op("|") {
-                    self.next()?;
-                } else {
+                if self.peek_kind()? != Kind::Op("|") {
                     break;
                 }
+                self.next()?;
             }
-            self.expect_op(")", "case pattern")?;
+            self.expect(Kind::Op(")"), "case pattern")?;
             self.parse_list()?;
             match self.peek_kind()? {
                 Kind::Op(";;" | ";&" | ";;&") => {
                     self.next()?;
                 }
                 Kind::Word(Some("esac")) => {}
-                Kind::Eof => return Err(ParseError::Unterminated("case")),
-                _ => {
-                    let t = self.next()?;
-                    return Err(ParseError::Unexpected(describe(&t)));
-                }
+                _ => return Err(self.unexpected("case")),
             }
         }
-    }
-
-    /// bash `[[ … ]]`: everything up to `]]` is a word of one test command.
-    fn parse_double_bracket(&mut self) -> Result<(), ParseError> {
-        let mut cmd = SimpleCommand::default();
-        loop {
-            match self.next()? {
-                Tok::Word(w) => {
-                    let end = w.value.as_deref() == Some("]]") && !w.quoted;
-                    cmd.words.push(w);
-                    if end {
-                        break;
-                    }
-                }
-                Tok::Op(o) => cmd.words.push(Word::literal(o)),
-                Tok::IoNum(n) => cmd.words.push(Word::literal(&n.to_string())),
-                Tok::Newline => {}
-                Tok::Eof => return Err(ParseError::Unterminated("[[")),
-            }
-        }
-        self.out.commands.push(cmd);
-        Ok(())
     }
 
     fn is_redirect_start(&mut self) -> Result<bool, ParseError> {
         Ok(match self.peek_kind()? {
             Kind::IoNum => true,
-            Kind::Op(o) => is_redirect_op(o),
+            Kind::Op(o) => redir_op(o).is_some(),
             _ => false,
         })
     }
 
     fn parse_redirect(&mut self) -> Result<Redirect, ParseError> {
         let mut fd = None;
-        if self.peek_kind()? == Kind::IoNum
+        if let Kind::IoNum = self.peek_kind()?
             && let Tok::IoNum(n) = self.next()?
         {
             fd = Some(n);
         }
-        let op = match self.next()? {
-            Tok::Op(o) => match RedirOp::from_op(o) {
-                Some(op) => op,
+        let (op, text) = match self.next()? {
+            Tok::Op(o) => match redir_op(o) {
+                Some(op) => (op, o),
                 None => return Err(ParseError::Unexpected(o.to_string())),
             },
             t => return Err(ParseError::Unexpected(describe(&t))),
@@ -1219,14 +1113,36 @@ impl<'o> Parser<'o> {
             Tok::Eof => return Err(ParseError::Unterminated("redirection")),
             t => return Err(ParseError::Unexpected(describe(&t))),
         };
-        if matches!(op, RedirOp::HereDoc | RedirOp::HereDocStrip) {
+        // dash: the word of `>&`/`<&` must be one digit or `-` unless it holds an expansion or quotes.
+        if matches!(op, RedirOp::DupRead | RedirOp::DupWrite)
+            && !self.bash()
+            && !target.quoted
+            && target.value.as_deref().is_some_and(|v| {
+                !(v == "-" || (v.len() == 1 && v.chars().all(|c| c.is_ascii_digit())))
+            })
+        {
+            return Err(ParseError::Bad("Bad fd number"));
+        }
+        let mut heredoc = None;
+        if op == RedirOp::HereDoc {
+            let index = self.out.heredocs.len();
+            self.out.heredocs.push(HereDoc {
+                body: String::new(),
+                expands: !target.quoted,
+            });
             self.pending.push(Pending {
                 delim: unquote(&target.raw),
-                strip_tabs: op == RedirOp::HereDocStrip,
-                expand: !target.quoted,
+                strip_tabs: text == "<<-",
+                index,
             });
+            heredoc = Some(index);
         }
-        Ok(Redirect { fd, op, target })
+        Ok(Redirect {
+            fd,
+            op,
+            target,
+            heredoc,
+        })
     }
 
     fn parse_simple(&mut self) -> Result<(), ParseError> {
@@ -1234,7 +1150,7 @@ impl<'o> Parser<'o> {
         loop {
             match self.peek_kind()? {
                 Kind::IoNum => cmd.redirects.push(self.parse_redirect()?),
-                Kind::Op(o) if is_redirect_op(o) => cmd.redirects.push(self.parse_redirect()?),
+                Kind::Op(o) if redir_op(o).is_some() => cmd.redirects.push(self.parse_redirect()?),
                 Kind::Word(_) => {
                     let Tok::Word(w) = self.next()? else {
                         return Err(ParseError::Unexpected("word".to_string()));
@@ -1247,138 +1163,156 @@ impl<'o> Parser<'o> {
                         && cmd.assignments.is_empty()
                         && cmd.redirects.is_empty();
                     if first && self.peek_kind()? == Kind::Op("(") {
-                        self.next()?;
-                        self.expect_op(")", "function definition")?;
-                        return self.function_body(w.text().to_string());
+                        return self.function(&w);
                     }
                     cmd.words.push(w);
                 }
                 _ => break,
             }
         }
-        if cmd.words.is_empty() && cmd.assignments.is_empty() && cmd.redirects.is_empty() {
-            let t = self.next()?;
-            return Err(ParseError::Unexpected(describe(&t)));
-        }
         self.out.commands.push(cmd);
         Ok(())
     }
-}
 
-fn kw_context(kw: &'static str) -> &'static str {
-    match kw {
-        "}" => "brace group",
-        "then" | "fi" => "if",
-        "do" | "done" => "loop",
-        "in" | "esac" => "case",
-        _ => "compound command",
-    }
-}
-
-/// Whether a word is a `NAME=value` assignment.
-pub fn is_assignment(w: &Word) -> bool {
-    let mut chars = w.raw.chars();
-    match chars.next() {
-        Some(c) if c == '_' || c.is_ascii_alphabetic() => {}
-        _ => return false,
-    }
-    for c in chars {
-        if c == '=' {
-            return true;
+    /// `name() command`: the body's commands join the flat list like any others.
+    fn function(&mut self, name: &Word) -> Result<(), ParseError> {
+        self.next()?;
+        self.expect(Kind::Op(")"), "function definition")?;
+        if !name.value.as_deref().is_some_and(is_name) || name.quoted {
+            return Err(ParseError::Bad("Bad function name"));
         }
-        if !(c == '_' || c.is_ascii_alphanumeric()) {
-            return false;
-        }
+        self.skip_newlines()?;
+        // dash takes any command as the body, a simple one included (`f() echo hi`).
+        self.body(Parser::parse_command)
     }
-    false
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn words(s: &Script, i: usize) -> Vec<String> {
-        s.commands
-            .get(i)
-            .map(|c| c.words.iter().map(|w| w.text().to_string()).collect())
+    fn words(src: &str) -> Vec<Vec<String>> {
+        parse(src)
             .unwrap_or_default()
-    }
-
-    #[test]
-    fn quoting_and_static_values() {
-        let s = parse(r#"r\m -rf "/" '/'x"y"z"#).unwrap_or_default();
-        assert_eq!(words(&s, 0), ["rm", "-rf", "/", "/xyz"]);
-        assert!(
-            s.commands
-                .iter()
-                .all(|c| c.words.iter().all(Word::is_static))
-        );
-    }
-
-    #[test]
-    fn substitutions_are_collected() {
-        let s = parse("echo $(cat /etc/hosts | grep x) `id` \"$(uname -a)\"").unwrap_or_default();
-        let progs: Vec<String> = s
             .commands
             .iter()
-            .filter_map(|c| c.words.first().map(|w| w.text().to_string()))
-            .collect();
-        assert_eq!(progs, ["cat", "grep", "id", "uname", "echo"]);
-        let grep = s.commands.get(1).map(|c| c.stdin_from_pipe);
-        assert_eq!(grep, Some(true));
+            .map(|c| c.words.iter().map(|w| w.text().to_string()).collect())
+            .collect()
     }
 
     #[test]
-    fn compound_commands() {
-        let s = parse("if [ -f x ]; then cat x; elif true; then :; else echo no; fi\nfor i in 1 $(seq 2); do echo $i; done; case $x in a|b) ls;; *) pwd;; esac; while false; do break; done; { a; b; } > /tmp/o; (c)").unwrap_or_default();
-        assert_eq!(s.commands.len(), 14);
-        assert_eq!(s.group_redirects.len(), 1);
-    }
-
-    #[test]
-    fn heredoc_and_functions() {
-        let s =
-            parse("cat <<EOF > /tmp/x\nhello $(id)\nEOF\nf() { f | f & }; f").unwrap_or_default();
-        assert!(
-            s.commands
-                .iter()
-                .any(|c| c.words.first().map(Word::text) == Some("id"))
+    fn quoting_escapes_and_static_values() {
+        let s = parse(r#"r\m -rf "/" '/'x"y"z $'a' ~ a~ *.log"#).unwrap_or_default();
+        let c = &s.commands[0];
+        let vals: Vec<Option<&str>> = c.words.iter().map(|w| w.value.as_deref()).collect();
+        // dash: `$'a'` is a literal `$` then a quoted `a`; `~` at the start expands.
+        assert_eq!(
+            vals,
+            [
+                Some("rm"),
+                Some("-rf"),
+                Some("/"),
+                Some("/xyz"),
+                Some("$a"),
+                None,
+                Some("a~"),
+                Some("*.log")
+            ]
         );
-        assert_eq!(s.functions.len(), 1);
-        let quoted = parse("cat <<'EOF'\n$(id)\nEOF").unwrap_or_default();
-        assert_eq!(quoted.commands.len(), 1);
+        assert!(c.words[7].glob && !c.words[2].glob);
+        assert!(parse("echo '*'").unwrap_or_default().commands[0].words[1].exact() == Some("*"));
     }
 
     #[test]
-    fn errors() {
-        assert!(parse("echo 'x").is_err());
-        assert!(parse("echo \"x").is_err());
-        assert!(parse("echo $(x").is_err());
-        assert!(parse("(echo").is_err());
-        assert!(parse("echo )").is_err());
-        assert!(parse("if true; then x").is_err());
-        assert!(parse(&"(".repeat(100)).is_err());
+    fn dash_reads_bash_forms_as_dash_does() {
+        // `&>` is `&` then `>`; `[[` is a word; `function` and `time` are words.
+        assert_eq!(words("ls &> /dev/null"), [vec!["ls"], vec![]]);
+        assert_eq!(
+            words("[[ -f /etc/hosts ]] && echo y"),
+            [vec!["[[", "-f", "/etc/hosts", "]]"], vec!["echo", "y"]]
+        );
+        assert_eq!(words("time ls"), [vec!["time", "ls"]]);
+        for bad in [
+            "cat <(ls)",
+            "cat <<< x",
+            "a |& b",
+            "echo a >&file",
+            "function f { :; }",
+            "for 1 in a; do :; done",
+            "[[() { :; }",
+            "echo $((1)",
+            "! ! true",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+        // Backquoted code ends at a stray closing token; dash ignores the rest.
+        assert_eq!(
+            words("echo `a; } rm -rf /`"),
+            [vec!["a"], vec!["echo", "`a; } rm -rf /`"]]
+        );
+        // Only one digit makes an fd number.
+        let s = parse("echo 12>o 2>e").unwrap_or_default();
+        assert_eq!(words("echo 12>o"), [vec!["echo", "12"]]);
+        assert_eq!(s.commands[0].redirects[1].fd, Some(2));
     }
 
     #[test]
-    fn brace_expansion_is_dynamic() {
-        let s = parse("{rm,-rf,/} x{1..3} {} '{a,b}'").unwrap_or_default();
-        let statics: Vec<bool> = s
-            .commands
-            .first()
-            .map(|c| c.words.iter().map(Word::is_static).collect())
+    fn bash_dialect_reads_bash_forms() {
+        let s = parse_nested("sh <(curl x) &> /dev/null", Dialect::Bash, 0).unwrap_or_default();
+        assert_eq!(s.commands.len(), 2);
+        assert!(s.commands[1].words[1].process_substitution);
+        assert_eq!(s.commands[1].redirects[0].op, RedirOp::WriteBoth);
+    }
+
+    #[test]
+    fn substitutions_pipelines_and_compounds() {
+        let s = parse("echo $(cat /etc/hosts | grep x) `id` \"$(uname -a)\" $((1 + $(id -u)))")
             .unwrap_or_default();
-        assert_eq!(statics, [false, false, true, true]);
+        let progs: Vec<&str> = s.commands.iter().map(|c| c.words[0].text()).collect();
+        assert_eq!(progs, ["cat", "grep", "id", "uname", "id", "echo"]);
+        assert_eq!(s.commands[1].upstream, Some(0..1));
+        assert_eq!(s.commands[5].words[1].substitutions, 0..2);
+        let s = parse(
+            "if [ -f x ]; then cat x; elif true; then :; else echo no; fi\n\
+             for i in 1 $(seq 2); do echo $i; done; case $x in a|b) ls;; (*) pwd;; esac\n\
+             while false; do break; done; { a; b; } > /tmp/o; (c); f() { g; }",
+        )
+        .unwrap_or_default();
+        assert_eq!(s.commands.len(), 15);
+        assert_eq!(s.compound_redirects.len(), 1);
     }
 
     #[test]
-    fn arithmetic_and_params() {
-        let s = parse("echo $((1 + $(id -u))) ${X:-$(hostname)} $((a) )").unwrap_or_default();
-        let progs: Vec<String> = s
-            .commands
-            .iter()
-            .filter_map(|c| c.words.first().map(|w| w.text().to_string()))
-            .collect();
-        assert_eq!(progs, ["id", "hostname", "a", "echo"]);
+    fn heredocs_are_recorded() {
+        let s = parse("cat <<EOF > /tmp/x\nhello $(id)\nEOF\nsh <<-'E'\n\treboot\n\tE\n")
+            .unwrap_or_default();
+        let progs: Vec<&str> = s.commands.iter().map(|c| c.words[0].text()).collect();
+        // A here-document's body is read at the newline, before its command is complete.
+        assert_eq!(progs, ["id", "cat", "sh"]);
+        assert_eq!(s.heredocs.len(), 2);
+        assert_eq!(s.heredocs[1].body, "reboot\n");
+        assert!(!s.heredocs[1].expands);
+    }
+
+    #[test]
+    fn errors_and_bounds() {
+        for bad in [
+            "echo 'x",
+            "echo \"x",
+            "echo $(x",
+            "(echo",
+            "echo )",
+            "if true; then x",
+            "echo a;;",
+            "; echo",
+            "echo |",
+            "in",
+            "{ echo a }",
+            "(echo a)(echo b)",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse(&"(".repeat(100)), Err(ParseError::TooDeep));
+        assert_eq!(parse("a\0"), Err(ParseError::Nul));
     }
 }

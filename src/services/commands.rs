@@ -114,7 +114,7 @@ impl CommandService {
         };
         let decision = match sandbox_refusal(agent, req.caller.role) {
             Some(refused) => refused,
-            None => agent.policy().check(req.caller.role, &req.spec.command),
+            None => agent.policy().check(&req.spec.command),
         };
         let verdict = if decision.allowed {
             "allowed"
