@@ -1,8 +1,10 @@
-//! The `dtma` binary: parse configuration, start logging, run until SIGTERM/SIGINT.
+//! The `dtma` binary: pick the form (`src/cli/`: the agent, `check-config`, the local client),
+//! and for the agent start logging and run until SIGTERM/SIGINT.
 
 use std::process::ExitCode;
 
-use dtma::config::{Action, Config, Sources};
+use dtma::cli::Invocation;
+use dtma::config::Sources;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
@@ -16,16 +18,9 @@ fn main() -> ExitCode {
         eprintln!("dtma sandbox-exec: {error}");
         return ExitCode::from(error.exit_code());
     }
-    let config = match Config::load(&Sources::from_process()) {
-        Ok(Action::Run(config)) => *config,
-        Ok(Action::Print(text)) => {
-            print!("{text}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("dtma: {e}");
-            return ExitCode::from(64);
-        }
+    let config = match dtma::cli::dispatch(Sources::from_process()) {
+        Invocation::Agent(config) => *config,
+        Invocation::Exit(code) => return ExitCode::from(code),
     };
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
