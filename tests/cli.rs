@@ -428,6 +428,10 @@ fn completions_and_help_with_examples() {
         assert!(help.contains(&format!("\n  {sub} ")), "{sub}: {help}");
     }
     assert!(!help.contains("completions"));
+    assert_eq!(text(&dtma(&["help"], &[]).stdout), help);
+    let run_help = text(&dtma(&["run", "--help"], &[]).stdout);
+    assert_eq!(text(&dtma(&["help", "run"], &[]).stdout), run_help);
+    assert!(run_help.contains("[env: DTMA_LISTEN]"), "{run_help}");
     // A usage mistake in the client is clap's (2), with the usage line.
     let out = dtma(&["exec"], &[]);
     assert_eq!(out.status.code(), Some(2));

@@ -62,6 +62,14 @@ pub fn dispatch(sources: Sources) -> Invocation {
                 check_config(&rest)
             }
         }
+        // `dtma help [run|check-config]`: the agent's forms, with their variables.
+        Some("help") if sources.args.len() == 1 => print_help(None),
+        Some("help")
+            if sources.args.len() == 2
+                && matches!(sources.args[1].to_str(), Some("run" | "check-config")) =>
+        {
+            print_help(sources.args[1].to_str())
+        }
         Some(name) if CLIENT.contains(&name) => Invocation::Exit(client(&sources)),
         _ if wants_help(&sources.args) => print_help(None),
         _ => agent(&sources),
