@@ -172,6 +172,19 @@ pub fn render_status(v: &Value) -> String {
         for d in degradations {
             text.push_str(&format!("\n           degraded: {d}"));
         }
+        let refused: Vec<&str> = v
+            .pointer("/sandbox/refused_profiles")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        if !refused.is_empty() {
+            text.push_str(&format!(
+                "\n           refused: commands of the {} profiles",
+                refused.join(" and ")
+            ));
+        }
         text
     };
     let docker = match v.get("docker_error").and_then(Value::as_str) {
@@ -460,7 +473,8 @@ mod tests {
             "channel": {"state": "connected", "url": "wss://api.example.com/dtma/connect"},
             "streams": {"running": 2, "held": 3},
             "sandbox": {"mode": "enforce", "level": "partial", "landlock_abi": 3,
-                        "degradations": ["no Landlock network rules"]},
+                        "degradations": ["no Landlock network rules"],
+                        "refused_profiles": ["diagnostics", "operator"]},
             "tool_instances": [{"instance_name_on_toolbox": "reasoning", "server_state": "ready",
                                 "status": "running", "image": "busybox"}],
             "docker_error": null,
@@ -471,6 +485,7 @@ mod tests {
             "STREAMS    2 running, 3 held (channel)",
             "SANDBOX    enforce (level partial), Landlock ABI 3",
             "degraded: no Landlock network rules",
+            "refused: commands of the diagnostics and operator profiles",
             "up 1h2m",
             "MCP SERVERS\nNAME",
             "reasoning  ready  running  busybox",
