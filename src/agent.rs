@@ -74,7 +74,13 @@ pub struct Agent {
     metrics: Arc<Metrics>,
     /// Where the local API actually listens (set once bound).
     http_addr: OnceLock<SocketAddr>,
+    /// The channel's (running, held) stream counts, for `/status`; set by the wiring when a
+    /// channel exists (the agent names no adapter, so it holds a reader, not the registry).
+    stream_counts: OnceLock<StreamCounts>,
 }
+
+/// Reads the channel's (running, held) stream counts.
+pub type StreamCounts = Box<dyn Fn() -> (u64, u64) + Send + Sync>;
 
 /// The caller behind every channel request: the backend, which the agent itself dialled.
 pub fn backend_caller() -> Caller {
@@ -129,6 +135,7 @@ impl Agent {
             logs,
             metrics,
             http_addr: OnceLock::new(),
+            stream_counts: OnceLock::new(),
             config,
             tracker: TaskTracker::new(),
             work: CancellationToken::new(),
@@ -192,6 +199,14 @@ impl Agent {
     }
     pub(crate) fn set_http_addr(&self, addr: SocketAddr) {
         let _ = self.http_addr.set(addr);
+    }
+
+    /// The channel's (running, held) streams; (0, 0) without a channel.
+    pub fn stream_counts(&self) -> (u64, u64) {
+        self.stream_counts.get().map_or((0, 0), |f| f())
+    }
+    pub(crate) fn set_stream_counts(&self, counts: StreamCounts) {
+        let _ = self.stream_counts.set(counts);
     }
 
     /// A token for one request's work: cancelled by the request's own cancel, or when the

@@ -12,6 +12,8 @@
 //! - [`docker`]: the Docker client seam (bollard).
 //! - [`agent`]: shared state with private fields: config, task tree, policy, audit, auth.
 //! - [`config`]: the configuration value (flags > env > file > defaults).
+//! - [`cli`]: the command line: subcommands, and the local client (`exec`, `status`, `logs`,
+//!   `mcp`), an HTTP client of the local API that names no service.
 //! - [`audit`], [`auth`], [`status`], [`logring`], [`text`], [`backoff`]: the audit log (own
 //!   writer thread), bearer tokens and roles, heartbeat samples, the agent's recent log lines,
 //!   UTF-8-safe output chunking shared by both adapters, and the retry backoff (channel
@@ -26,6 +28,7 @@ pub mod audit;
 pub mod auth;
 pub mod backoff;
 pub mod channel;
+pub mod cli;
 pub mod config;
 pub mod docker;
 pub mod exec;
@@ -52,6 +55,20 @@ use services::Services;
 
 /// The agent's version (from Cargo).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The git commit the binary was built from (`build.rs`), or `unknown`.
+pub const GIT_COMMIT: &str = env!("DTMA_GIT_COMMIT");
+
+/// What `dtma --version` says after the name: version, commit and wire protocol version.
+pub fn long_version() -> &'static str {
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TEXT.get_or_init(|| {
+        format!(
+            "{VERSION} (commit {GIT_COMMIT}, protocol {})",
+            dtma_protocol::PROTOCOL_VERSION
+        )
+    })
+}
 
 /// What this agent announces in `hello`.
 pub const CAPABILITIES: [&str; 9] = [
@@ -169,6 +186,10 @@ pub async fn start_with_logs(
         .channel
         .clone()
         .map(|c| Channel::new(services.clone(), c));
+    if let Some(c) = &channel {
+        let registry = c.registry().clone();
+        agent.set_stream_counts(Box::new(move || registry.counts()));
+    }
     match &channel {
         Some(c) => {
             info!(url = %c.config().url, agent_id = %agent.config().agent_id, "Control channel configured.")

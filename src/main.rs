@@ -1,8 +1,10 @@
-//! The `dtma` binary: parse configuration, start logging, run until SIGTERM/SIGINT.
+//! The `dtma` binary: pick the form (`src/cli/`: the agent, `check-config`, the local client),
+//! and for the agent start logging and run until SIGTERM/SIGINT.
 
 use std::process::ExitCode;
 
-use dtma::config::{Action, Config, Sources};
+use dtma::cli::Invocation;
+use dtma::config::Sources;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
@@ -16,8 +18,8 @@ fn main() -> ExitCode {
         eprintln!("dtma sandbox-exec: {error}");
         return ExitCode::from(error.exit_code());
     }
-    // Secrets given by environment or flag leave /proc/<pid>/environ and cmdline: the agent
-    // re-execs itself with them in a memfd (src/config/handoff.rs). Returns only if it cannot.
+    // Secrets given by environment leave /proc/<pid>/environ: the process re-execs itself with
+    // them in a memfd (src/config/handoff.rs). Returns only if it cannot.
     let handoff = dtma::config::handoff::reexec_without_secrets();
     let sources = match Sources::from_process() {
         Ok(s) => s,
@@ -26,16 +28,9 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    let config = match Config::load(&sources) {
-        Ok(Action::Run(config)) => *config,
-        Ok(Action::Print(text)) => {
-            print!("{text}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("dtma: {e}");
-            return ExitCode::from(64);
-        }
+    let config = match dtma::cli::dispatch(sources) {
+        Invocation::Agent(config) => *config,
+        Invocation::Exit(code) => return ExitCode::from(code),
     };
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -62,7 +57,7 @@ fn main() -> ExitCode {
         .with(dtma::logring::RingLayer(logs.clone()))
         .init();
     if let Err(e) = handoff {
-        tracing::warn!(error = %e, "Secrets given by environment or flag stay readable in /proc/<pid>/environ and cmdline; prefer token files or systemd credentials.");
+        tracing::warn!(error = %e, "Secrets given by environment stay readable in /proc/<pid>/environ; prefer token files or systemd credentials.");
     }
     dtma::raise_fd_limit();
     tracing::info!(version = dtma::VERSION, config = ?config, "Starting.");

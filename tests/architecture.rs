@@ -138,6 +138,23 @@ fn engines_know_nothing_of_adapters_services_or_transports() {
     }
 }
 
+/// The local client (`src/cli/`) is an HTTP adapter of its own: it reads the configuration
+/// (to find the agent and the token) and otherwise only talks to the local API, so it names
+/// no service, no engine, no shared state and no other adapter; and nothing depends on it.
+#[test]
+fn the_client_names_no_service_or_engine() {
+    assert!(names("cli", "config"), "the graph does not see cli");
+    for other in [
+        "services", "api", "channel", "agent", "exec", "policy", "docker", "audit", "auth",
+        "status", "logring", "text", "backoff",
+    ] {
+        assert!(!names("cli", other), "cli names {other}");
+    }
+    for (module, used) in graph() {
+        assert!(!used.contains("cli"), "{module} names cli");
+    }
+}
+
 #[test]
 fn the_policy_is_pure() {
     for f in files(&src().join("policy")) {

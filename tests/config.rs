@@ -108,7 +108,7 @@ fn help_lists_every_setting_with_its_variable_and_default() {
     assert_eq!(version.status.code(), Some(0));
     assert_eq!(
         text(&version.stdout).trim(),
-        format!("dtma {}", dtma::VERSION)
+        format!("dtma {}", dtma::long_version())
     );
 }
 

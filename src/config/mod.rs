@@ -347,48 +347,44 @@ pub enum Action {
     Print(String),
 }
 
+/// Where the local client (`dtma status`, `dtma exec`, ...) finds the agent.
+#[derive(Debug, Clone)]
+pub struct LocalTarget {
+    /// The agent's `listen` address, with an unspecified address (`0.0.0.0`, `::`) made
+    /// loopback: the client runs on the same machine.
+    pub addr: SocketAddr,
+    /// The token to present: `DTMA_BEARER_TOKEN` as the agent finds it, else the backend key.
+    pub token: Secret,
+}
+
 impl Config {
     /// Build the configuration: flags > environment > config file > defaults, every value
     /// checked by the same rules whatever its source.
     pub fn load(sources: &Sources) -> Result<Action, ConfigError> {
-        let mut problems = Vec::new();
-        let flags = match settings::from_flags(&sources.args) {
-            FromFlags::Parsed(cli) => *cli,
-            FromFlags::Print(text) => return Ok(Action::Print(text)),
-            FromFlags::Invalid(problem) => {
-                problems.push(problem);
-                Cli::default()
-            }
-        };
-        let env = settings::from_env(&sources.env, &mut problems);
-        let file_path = flags.config.or(env.config);
-        let file = match &file_path {
-            Some(path) => settings::from_file(path, &mut problems),
-            None => Settings::default(),
-        };
-        let merged = settings::overlay(vec![
-            (Origin::Flag, flags.settings),
-            (Origin::Env, env.settings),
-            (Origin::File, file),
-            (Origin::Default, settings::defaults()),
-        ]);
-        let merged = match merged {
-            Ok(m) => m,
-            Err(e) => {
-                problems.push(format!("settings: {e}"));
-                return Err(ConfigError { problems });
-            }
-        };
-        let resolved = Resolved {
-            settings: merged.settings,
-            origins: merged.origins,
-            file: file_path,
-            bearer_token: env.bearer_token,
-            backend_api_key: env.backend_api_key,
+        Self::load_as(sources, false)
+    }
+
+    /// `dtma check-config`: the effective configuration as `--print-config` prints it (JSON,
+    /// secrets redacted), or every problem.
+    pub fn check(sources: &Sources) -> Result<String, ConfigError> {
+        match Self::load_as(sources, true)? {
+            Action::Print(text) => Ok(text),
+            // `load_as` prints whenever the configuration is valid.
+            Action::Run(_) => Err(ConfigError {
+                problems: vec!["internal: the configuration was not printed".into()],
+            }),
+        }
+    }
+
+    fn load_as(sources: &Sources, print: bool) -> Result<Action, ConfigError> {
+        let (resolved, mut problems, print_config) = match resolve(sources) {
+            Ok(r) => r,
+            Err(Stop::Print(text)) => return Ok(Action::Print(text)),
+            Err(Stop::Problems(e)) => return Err(e),
         };
         match resolved.validate() {
             Ok(config) if problems.is_empty() => {
-                if flags.print_config {
+                if print || print_config {
                     let json = resolved.to_json(&config);
                     let text = serde_json::to_string_pretty(&json).unwrap_or_default();
                     Ok(Action::Print(text + "\n"))
@@ -397,6 +393,33 @@ impl Config {
                 }
             }
             Ok(_) => Err(ConfigError { problems }),
+            Err(more) => {
+                problems.extend(more);
+                Err(ConfigError { problems })
+            }
+        }
+    }
+
+    /// The agent's address and token for the local client, read from the same sources as the
+    /// agent's own (`--config`, the environment, the config file, `_FILE` settings, the
+    /// credentials directory); `fallback_token` is tried when none of them gives a token. Only
+    /// these two are resolved: a problem elsewhere in the configuration is the agent's business
+    /// and is reported only when the token cannot be found.
+    pub fn local_target(
+        sources: &Sources,
+        fallback_token: Option<&std::path::Path>,
+    ) -> Result<LocalTarget, ConfigError> {
+        let (resolved, mut problems, _) = match resolve(sources) {
+            Ok(r) => r,
+            Err(Stop::Print(_)) => {
+                return Err(ConfigError {
+                    problems: vec!["the client reads no --help or --version here".into()],
+                });
+            }
+            Err(Stop::Problems(e)) => return Err(e),
+        };
+        match resolved.local_target(fallback_token) {
+            Ok(target) => Ok(target),
             Err(more) => {
                 problems.extend(more);
                 Err(ConfigError { problems })
@@ -430,6 +453,54 @@ impl Config {
             log_format: LogFormat::Text,
         }
     }
+}
+
+/// Why reading the sources stopped before validation.
+enum Stop {
+    /// `--help` or `--version`: print this.
+    Print(String),
+    Problems(ConfigError),
+}
+
+/// Every source read and overlaid: the settings to validate, the problems met on the way, and
+/// whether `--print-config` was given.
+fn resolve(sources: &Sources) -> Result<(Resolved, Vec<String>, bool), Stop> {
+    let mut problems = Vec::new();
+    let flags = match settings::from_flags(&sources.args) {
+        FromFlags::Parsed(cli) => *cli,
+        FromFlags::Print(text) => return Err(Stop::Print(text)),
+        FromFlags::Invalid(problem) => {
+            problems.push(problem);
+            Cli::default()
+        }
+    };
+    let env = settings::from_env(&sources.env, &mut problems);
+    let file_path = flags.config.or(env.config);
+    let file = match &file_path {
+        Some(path) => settings::from_file(path, &mut problems),
+        None => Settings::default(),
+    };
+    let merged = settings::overlay(vec![
+        (Origin::Flag, flags.settings),
+        (Origin::Env, env.settings),
+        (Origin::File, file),
+        (Origin::Default, settings::defaults()),
+    ]);
+    let merged = match merged {
+        Ok(m) => m,
+        Err(e) => {
+            problems.push(format!("settings: {e}"));
+            return Err(Stop::Problems(ConfigError { problems }));
+        }
+    };
+    let resolved = Resolved {
+        settings: merged.settings,
+        origins: merged.origins,
+        file: file_path,
+        bearer_token: env.bearer_token,
+        backend_api_key: env.backend_api_key,
+    };
+    Ok((resolved, problems, flags.print_config))
 }
 
 /// Where `prlimit` (util-linux) lives on Debian.

@@ -27,7 +27,7 @@ use crate::policy::{PolicyConfig, Role};
 #[derive(Parser, Default)]
 #[command(
     name = "dtma",
-    version,
+    version = crate::long_version(),
     about = "Droplet Tool Management Agent: an outbound WebSocket control channel for running \
              commands and MCP server containers on a droplet.",
     long_about = None,
@@ -586,15 +586,44 @@ pub(crate) fn from_env(env: &BTreeMap<OsString, OsString>, problems: &mut Vec<St
     }
 }
 
-/// The config file layer.
+/// The config file layer. Each key is read on its own before the whole, so that every bad key
+/// is a problem of its own (not only the first serde meets); a TOML syntax error stops the
+/// reading of the file and is one problem.
 pub(crate) fn from_file(path: &Path, problems: &mut Vec<String>) -> Settings {
-    let parsed = std::fs::read_to_string(path)
+    let file = format!("config file `{}`", path.display());
+    let table = std::fs::read_to_string(path)
         .map_err(|e| e.to_string())
-        .and_then(|text| toml::from_str(&text).map_err(|e| e.to_string()));
-    parsed.unwrap_or_else(|e| {
-        problems.push(format!("config file `{}`: {e}", path.display()));
-        Settings::default()
-    })
+        .and_then(|text| text.parse::<toml::Table>().map_err(|e| e.to_string()));
+    let table = match table {
+        Ok(t) => t,
+        Err(e) => {
+            problems.push(format!("{file}: {e}"));
+            return Settings::default();
+        }
+    };
+    let mut good = toml::Table::new();
+    for (key, value) in table {
+        let one = toml::Table::from_iter([(key.clone(), value)]);
+        match toml::Value::Table(one.clone()).try_into::<Settings>() {
+            Ok(_) => good.extend(one),
+            Err(e) => {
+                let e = e.to_string();
+                // serde's message lists every field; the help says it better.
+                let reason = if e.starts_with("unknown field") {
+                    "not a setting (the keys are the long flags of `dtma --help` in snake_case)"
+                } else {
+                    e.trim()
+                };
+                problems.push(format!("{file}: `{key}`: {reason}"));
+            }
+        }
+    }
+    toml::Value::Table(good)
+        .try_into()
+        .unwrap_or_else(|e: toml::de::Error| {
+            problems.push(format!("{file}: {}", e.to_string().trim()));
+            Settings::default()
+        })
 }
 
 /// The defaults layer: every `default_value`.

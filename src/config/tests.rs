@@ -510,7 +510,7 @@ fn help_and_version_are_printed() {
     let Ok(Action::Print(version)) = Config::load(&sources(&["-V"], &[])) else {
         panic!("-V prints")
     };
-    assert_eq!(version.trim(), format!("dtma {}", crate::VERSION));
+    assert_eq!(version.trim(), format!("dtma {}", crate::long_version()));
 }
 
 #[test]

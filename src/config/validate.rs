@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use super::settings::{Names, Origin, Settings};
 use super::{
-    AuditConfig, ChannelConfig, Config, DEFAULT_LISTEN, DEFAULT_WS_PATH, ExecLimits, LogFormat,
+    AuditConfig, ChannelConfig, Config, DEFAULT_LISTEN, DEFAULT_WS_PATH, ExecLimits, LocalTarget,
+    LogFormat,
     PRLIMIT, Rlimits, SandboxConfig, Secret, StreamLimits, TokenConfig, derive_ws_url,
 };
 
@@ -202,14 +203,7 @@ impl Resolved {
             }
         };
 
-        let mut listen = s.listen.unwrap_or_else(|| {
-            DEFAULT_LISTEN
-                .parse::<SocketAddr>()
-                .expect("the default address parses")
-        });
-        if let Some(port) = s.port {
-            listen.set_port(port);
-        }
+        let listen = listen(s);
 
         let url = c.channel_url();
         if let Some(ca) = &s.ca_file
@@ -282,6 +276,70 @@ impl Resolved {
             metrics_public: s.metrics_public.unwrap_or(false),
             log_format,
         })
+    }
+
+    /// The local client's view: the agent's address (loopback for an unspecified one) and the
+    /// token, the bearer token first, then the backend key, then `fallback` (a file).
+    pub(crate) fn local_target(&self, fallback: Option<&Path>) -> Result<LocalTarget, Vec<String>> {
+        let mut c = Checker {
+            names: Names::new(),
+            resolved: self,
+            problems: Vec::new(),
+        };
+        let s = &self.settings;
+        let token = c
+            .secret(
+                self.bearer_token.as_deref(),
+                setting!(s.bearer_token_file),
+                "dtma_bearer_token",
+            )
+            .or_else(|| {
+                c.secret(
+                    self.backend_api_key.as_deref(),
+                    setting!(s.backend_api_key_file),
+                    "backend_to_dtma_api_key",
+                )
+            })
+            .or_else(|| {
+                // Only when nothing was configured: a configured source that fails is the
+                // problem to report, not a reason to look elsewhere.
+                if !c.problems.is_empty() {
+                    return None;
+                }
+                let path = fallback.filter(|p| p.exists())?;
+                match std::fs::read_to_string(path) {
+                    Ok(text) if !text.trim().is_empty() => Some(Secret::new(text.trim())),
+                    Ok(_) => {
+                        c.problems.push(format!("`{}` is empty", path.display()));
+                        None
+                    }
+                    Err(e) => {
+                        c.problems
+                            .push(format!("cannot read `{}`: {e}", path.display()));
+                        None
+                    }
+                }
+            });
+        let Some(token) = token else {
+            let mut problems = c.problems;
+            problems.push(format!(
+                "no token: set DTMA_BEARER_TOKEN (or DTMA_BEARER_TOKEN_FILE, or \
+                 $CREDENTIALS_DIRECTORY/dtma_bearer_token){}",
+                fallback.map_or(String::new(), |p| format!(
+                    ", or put it in `{}`",
+                    p.display()
+                ))
+            ));
+            return Err(problems);
+        };
+        let mut addr = listen(s);
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        Ok(LocalTarget { addr, token })
     }
 
     /// The effective configuration as JSON, secrets redacted: every setting by its config-file
@@ -473,6 +531,19 @@ impl Checker<'_> {
         }
         tokens
     }
+}
+
+/// The local API's address: `listen` with `port` over its port.
+fn listen(s: &Settings) -> SocketAddr {
+    let mut listen = s.listen.unwrap_or_else(|| {
+        DEFAULT_LISTEN
+            .parse::<SocketAddr>()
+            .expect("the default address parses")
+    });
+    if let Some(port) = s.port {
+        listen.set_port(port);
+    }
+    listen
 }
 
 fn hostname() -> Option<String> {

@@ -64,7 +64,7 @@ impl DiagnosticsService {
 
     /// `GET /status`: the console's health monitor shape.
     pub async fn console_status(&self) -> serde_json::Value {
-        console_status(&self.agent).await
+        console_status(&self.agent, &self.health).await
     }
 
     /// MCP containers as the heartbeat's `tool_statuses`; empty when Docker is unreachable or
@@ -279,12 +279,14 @@ async fn logs(a: &Agent, lines: usize) -> serde_json::Value {
 }
 
 /// `GET /status`: the shape the console's health monitor reads.
-async fn console_status(a: &Agent) -> serde_json::Value {
+async fn console_status(a: &Agent, health: &HealthBook) -> serde_json::Value {
     let (tool_instances, docker_error) = match a.docker().containers(true).await {
         Ok(list) => (
             list.into_iter()
                 .map(|c| {
-                    let t = tool_status(c, None);
+                    let running = matches!(c.state.as_str(), "running" | "paused");
+                    let state = health.monitored(&c.id, running);
+                    let t = tool_status(c, state);
                     let d = &t.runtime_details;
                     serde_json::json!({
                         "account_tool_instance_id": t.account_tool_instance_id,
@@ -292,6 +294,7 @@ async fn console_status(a: &Agent) -> serde_json::Value {
                         "container_id": d["container_id"],
                         "status": d["state"],
                         "status_on_toolbox": t.status_on_toolbox,
+                        "server_state": d.get("server_state"),
                         "image": d["image"],
                         "ports": d["ports"],
                         "created": d["created"],
@@ -303,22 +306,50 @@ async fn console_status(a: &Agent) -> serde_json::Value {
         Err(e) => (Vec::new(), Some(e.to_string())),
     };
     let port = a.http_addr().map_or(a.config().listen.port(), |x| x.port());
+    let channel = a.config().channel.as_ref();
+    let (running, held) = a.stream_counts();
     serde_json::json!({
         "status": if a.is_draining() { "draining" } else { "healthy" },
         "timestamp": crate::now_rfc3339(),
         "version": crate::VERSION,
+        "commit": crate::GIT_COMMIT,
+        "protocol_version": dtma_protocol::PROTOCOL_VERSION,
         "service": "dtma",
+        "agent_id": a.config().agent_id,
+        "uptime_s": a.uptime().as_secs(),
         "environment": {
             "hasAuthToken": true,
             "hasApiKey": a.config().backend_api_key.is_some(),
-            "hasApiBaseUrl": a.config().channel.is_some(),
+            "hasApiBaseUrl": channel.is_some(),
             "port": port,
         },
         "channel_connected": a.link_up(),
+        "channel": {
+            "state": match (channel, a.link_up()) {
+                (None, _) => "local_only",
+                (Some(_), true) => "connected",
+                (Some(_), false) => "disconnected",
+            },
+            "url": channel.map(|c| without_userinfo(&c.url)),
+        },
+        "streams": { "running": running, "held": held },
         "sandbox": a.enforcement(),
         "tool_instances": tool_instances,
         "docker_error": docker_error,
     })
+}
+
+/// A URL without `user:password@`, should one have been configured: `/status` shows the
+/// backend's address, never a credential.
+fn without_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
 }
 
 /// Bytes as `1.5G`, `512M`, `3.0K` (df/free -h style).
@@ -336,5 +367,23 @@ fn human(bytes: u64) -> String {
         format!("{v:.1}{}", UNITS[i])
     } else {
         format!("{v:.0}{}", UNITS[i])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_userinfo;
+
+    #[test]
+    fn status_urls_lose_their_credentials_only() {
+        assert_eq!(
+            without_userinfo("wss://u:p@api.example.com/dtma/connect"),
+            "wss://api.example.com/dtma/connect"
+        );
+        assert_eq!(
+            without_userinfo("ws://127.0.0.1:9/a@b"),
+            "ws://127.0.0.1:9/a@b"
+        );
+        assert_eq!(without_userinfo("not a url"), "not a url");
     }
 }
