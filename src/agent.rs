@@ -4,11 +4,13 @@
 //!
 //! **Invariant:** nothing here imports a service or an adapter.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -21,6 +23,7 @@ use crate::exec::sandbox::{self, Enforcement};
 use crate::logring::LogRing;
 use crate::policy::{Policy, Role};
 use crate::status::Sampler;
+use crate::systemd::{Progress, Systemd};
 
 /// Why the agent cannot start with a configuration.
 #[derive(Debug, thiserror::Error)]
@@ -62,8 +65,12 @@ pub struct Agent {
     /// Cancelled when the drain starts: open-ended work (a log follow) ends then instead of
     /// holding shutdown for the whole grace period.
     drain_started: CancellationToken,
-    /// Whether a channel session is up right now (for `/health`).
-    link_up: AtomicBool,
+    /// The channel's state (for `/health`, the heartbeat and systemd's `STATUS=`).
+    link: watch::Sender<LinkState>,
+    /// What the service manager asked for (notifications, watchdog).
+    systemd: Arc<Systemd>,
+    /// The control loop's heartbeat, which feeds the watchdog.
+    progress: Arc<Progress>,
     started: Instant,
     sampler: Sampler,
     policy: Policy,
@@ -75,6 +82,38 @@ pub struct Agent {
     logs: Arc<LogRing>,
     /// Where the local API actually listens (set once bound).
     http_addr: OnceLock<SocketAddr>,
+}
+
+/// The channel's state, as systemd's `STATUS=` line shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkState {
+    /// The channel has not dialled yet.
+    Starting,
+    /// No channel configured: the local API only.
+    LocalOnly,
+    /// Dialling the backend (TCP, TLS, upgrade, `hello`/`welcome`).
+    Connecting { host: String },
+    /// A session is up (`welcome` received).
+    Connected { host: String },
+    /// Waiting before the next dial, after `cause`.
+    BackingOff { delay: Duration, cause: String },
+    /// The channel cannot run at all (its TLS set-up failed); the local API still serves.
+    Failed { cause: String },
+}
+
+impl fmt::Display for LinkState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LinkState::Starting => f.write_str("starting"),
+            LinkState::LocalOnly => f.write_str("local-only (no control channel configured)"),
+            LinkState::Connecting { host } => write!(f, "connecting to {host}"),
+            LinkState::Connected { host } => write!(f, "connected to {host}"),
+            LinkState::BackingOff { delay, cause } => {
+                write!(f, "backing off {:.1} s: {cause}", delay.as_secs_f64())
+            }
+            LinkState::Failed { cause } => write!(f, "channel down for good: {cause}"),
+        }
+    }
 }
 
 /// The caller behind every channel request: the backend, which the agent itself dialled.
@@ -102,8 +141,22 @@ impl Agent {
     /// does not compile stops the start instead of falling back to fewer rules, and so does a
     /// sandbox the kernel cannot enforce (unless the configuration accepts the weaker level).
     pub fn with_logs(config: Config, logs: Arc<LogRing>) -> Result<Arc<Agent>, StartError> {
+        Self::supervised(config, logs, Systemd::disabled())
+    }
+
+    /// [`Agent::with_logs`], under a service manager (notifications and watchdog).
+    pub fn supervised(
+        config: Config,
+        logs: Arc<LogRing>,
+        systemd: Systemd,
+    ) -> Result<Arc<Agent>, StartError> {
         let policy = Policy::new(&config.policy).map_err(|e| StartError::Policy(e.to_string()))?;
         let enforcement = sandbox::assess(&config.exec.sandbox, sandbox::detected_abi())?;
+        let link = watch::Sender::new(if config.channel.is_some() {
+            LinkState::Starting
+        } else {
+            LinkState::LocalOnly
+        });
         Ok(Arc::new(Agent {
             policy,
             enforcement,
@@ -121,7 +174,9 @@ impl Agent {
             work: CancellationToken::new(),
             draining: AtomicBool::new(false),
             drain_started: CancellationToken::new(),
-            link_up: AtomicBool::new(false),
+            link,
+            progress: Arc::new(Progress::new(systemd.watchdog())),
+            systemd: Arc::new(systemd),
             started: Instant::now(),
             sampler: Sampler::default(),
         }))
@@ -163,12 +218,28 @@ impl Agent {
         self.draining.load(Ordering::Relaxed)
     }
 
+    /// Whether a channel session is up right now.
     pub fn link_up(&self) -> bool {
-        self.link_up.load(Ordering::Relaxed)
+        matches!(*self.link.borrow(), LinkState::Connected { .. })
     }
-    /// The channel reports whether a session is up.
-    pub fn set_link_up(&self, up: bool) {
-        self.link_up.store(up, Ordering::Relaxed);
+    /// The channel reports its state.
+    pub fn set_link_state(&self, state: LinkState) {
+        self.link.send_if_modified(|s| {
+            let changed = *s != state;
+            *s = state;
+            changed
+        });
+    }
+    /// The channel's state, and its changes.
+    pub fn link_state(&self) -> watch::Receiver<LinkState> {
+        self.link.subscribe()
+    }
+
+    pub fn systemd(&self) -> &Arc<Systemd> {
+        &self.systemd
+    }
+    pub fn progress(&self) -> &Arc<Progress> {
+        &self.progress
     }
 
     pub fn http_addr(&self) -> Option<SocketAddr> {

@@ -12,6 +12,8 @@
 //! - [`docker`]: the Docker client seam (bollard).
 //! - [`agent`]: shared state with private fields: config, task tree, policy, audit, auth.
 //! - [`config`]: the configuration value (flags > env > file > defaults).
+//! - [`systemd`]: `Type=notify` (ready, status, stopping) and the watchdog fed by the control
+//!   loop's progress; [`signals`]: SIGTERM/SIGINT (the first drains, the second exits at once).
 //! - [`audit`], [`auth`], [`status`], [`logring`], [`text`], [`backoff`]: the audit log (own
 //!   writer thread), bearer tokens and roles, heartbeat samples, the agent's recent log lines,
 //!   UTF-8-safe output chunking shared by both adapters, and the retry backoff (channel
@@ -30,7 +32,9 @@ pub mod exec;
 pub mod logring;
 pub mod policy;
 pub mod services;
+pub mod signals;
 pub mod status;
+pub mod systemd;
 pub mod text;
 
 use std::net::SocketAddr;
@@ -134,16 +138,24 @@ impl Running {
 /// Start the agent: the local API on `config.listen` and, when configured, the channel.
 /// Cancelling `shutdown` drains running work and stops everything.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, StartError> {
-    start_with_logs(config, logring::LogRing::new(), shutdown).await
+    start_supervised(
+        config,
+        logring::LogRing::new(),
+        systemd::Systemd::disabled(),
+        shutdown,
+    )
+    .await
 }
 
-/// [`start`], with the ring that the process's log subscriber feeds (for `/diagnostics/logs`).
-pub async fn start_with_logs(
+/// [`start`], with the ring that the process's log subscriber feeds (for `/diagnostics/logs`)
+/// and what the service manager asked for (notifications, watchdog).
+pub async fn start_supervised(
     config: Config,
     logs: Arc<logring::LogRing>,
+    systemd: systemd::Systemd,
     shutdown: CancellationToken,
 ) -> Result<Running, StartError> {
-    let agent = Agent::with_logs(config, logs)?;
+    let agent = Agent::supervised(config, logs, systemd)?;
     log_enforcement(agent.enforcement());
     let addr = agent.config().listen;
     let listener = tokio::net::TcpListener::bind(addr)
@@ -199,6 +211,18 @@ pub async fn start_with_logs(
     let chan_task = channel
         .clone()
         .map(|c| tokio::spawn(c.run(chan_stop.clone())));
+    // READY=1 once the channel's first dial has started (the API listens already), STATUS=
+    // lines after it; the watchdog fed by the reconnect loop and the session (or, local-only,
+    // by a ticker on the runtime). None of these is tracked: the drain never waits for them.
+    let (sd, progress) = (agent.systemd(), agent.progress());
+    systemd::spawn_reporter(sd.clone(), agent.link_state(), |s| {
+        !matches!(s, agent::LinkState::Starting)
+    });
+    if channel.is_none() {
+        systemd::spawn_local_ticker(sd, progress.clone());
+    }
+    systemd::spawn_watchdog(sd.clone(), progress.clone());
+    systemd::spawn_wedge_hook(sd, progress.clone());
 
     let done = tokio::spawn({
         let agent = agent.clone();
@@ -207,6 +231,10 @@ pub async fn start_with_logs(
         async move {
             shutdown.cancelled().await;
             info!("Shutdown requested.");
+            agent.systemd().stopping(&format!(
+                "draining: running requests may finish for {} s",
+                agent.config().shutdown_grace.as_secs()
+            ));
             // Event streams have no natural end: they end now (`shutting_down`), with the
             // watcher and the monitor, so the drain below waits only for finite work.
             services.events.shutdown();
@@ -246,13 +274,14 @@ fn log_enforcement(e: &exec::sandbox::Enforcement) {
     }
 }
 
-/// Run until `shutdown` is cancelled.
+/// Run until `shutdown` is cancelled and the drain is over.
 pub async fn run(
     config: Config,
     logs: Arc<logring::LogRing>,
+    systemd: systemd::Systemd,
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
-    let running = start_with_logs(config, logs, shutdown).await?;
+    let running = start_supervised(config, logs, systemd, shutdown).await?;
     if let Err(e) = running.join().await {
         tracing::error!(error = %e, "The shutdown task failed.");
     }

@@ -106,7 +106,8 @@ fn services_never_name_an_adapter() {
 #[test]
 fn engines_know_nothing_of_adapters_services_or_transports() {
     for engine in [
-        "exec", "policy", "docker", "agent", "audit", "auth", "text", "status",
+        "exec", "policy", "docker", "agent", "audit", "auth", "text", "status", "systemd",
+        "signals",
     ] {
         for upper in ["api", "channel", "services"] {
             assert!(!names(engine, upper), "{engine} names {upper}");
