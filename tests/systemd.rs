@@ -260,6 +260,65 @@ async fn watchdog_pings_follow_progress_and_stop_when_the_session_is_wedged() {
     assert!(log.contains("Second stop signal"), "{log}");
 }
 
+/// `STATUS=` follows the channel: backing off (with the delay and the cause) while the backend
+/// is unreachable, connected once it is back, and backing off again when the link is cut.
+#[tokio::test]
+async fn status_lines_follow_the_channel_state() {
+    let notify = NotifySocket::bind();
+    let cp = Cp::start(Options::default()).await;
+    let proxy = Proxy::start(cp.addr).await;
+    proxy.refuse(true);
+    let host = proxy.addr.to_string();
+    let mut child = agent(&notify.path)
+        .env("DTMA_AGENT_ID", "st1")
+        .env("DTMA_WS_URL", proxy.url())
+        .env("DTMA_BACKOFF_BASE_MS", "20")
+        .env("DTMA_BACKOFF_CAP_MS", "200")
+        .spawn()
+        .unwrap();
+    let log = collect_log(child.stderr.take().unwrap());
+    within(20, "READY=1", notify.until("READY=1")).await;
+    let backing_off = |m: &String| {
+        m.lines()
+            .any(|l| l.starts_with("STATUS=backing off ") && l.contains(" s: "))
+    };
+    let refused = within(20, "STATUS=backing off", async {
+        loop {
+            let m = notify.recv().await;
+            if backing_off(&m) {
+                return m;
+            }
+        }
+    })
+    .await;
+    assert!(
+        refused.contains("connect failed") || refused.contains("session failed"),
+        "{refused}"
+    );
+
+    proxy.refuse(false);
+    within(
+        20,
+        "STATUS=connected",
+        notify.until(&format!("STATUS=connected to {host}")),
+    )
+    .await;
+    proxy.cut();
+    let cut = within(20, "STATUS=backing off after the cut", async {
+        loop {
+            let m = notify.recv().await;
+            if backing_off(&m) {
+                return m;
+            }
+        }
+    })
+    .await;
+    assert!(cut.contains("session failed"), "{cut}");
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    drop(log);
+}
+
 /// SIGTERM drains (the agent says `STOPPING=1` and waits for the running command); a second
 /// SIGTERM exits at once with 143 and says why. The grace period is ten minutes, so an exit
 /// now can only be the second signal's doing; the exit code says which.
