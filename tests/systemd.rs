@@ -357,6 +357,11 @@ async fn a_second_sigterm_during_the_drain_exits_at_once_with_143() {
         ),
         "{stopping:?}"
     );
+    // The drain waits for the command (its grace is ten minutes): the agent is still there.
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the agent did not wait"
+    );
     signal(&child, Signal::SIGTERM);
     let status = within(20, "exit after the second SIGTERM", child.wait())
         .await
