@@ -32,10 +32,6 @@ pub enum StartError {
     /// run without the configured deny rules.
     #[error("the command policy in the configuration is invalid: {0}")]
     Policy(String),
-    /// `DTMA_SANDBOX=enforce` on a kernel that cannot enforce the profiles: the agent refuses
-    /// rather than run commands less confined than configured.
-    #[error(transparent)]
-    Sandbox(#[from] sandbox::NotEnforceable),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -47,7 +43,7 @@ impl StartError {
     /// The process exit code: 64 (EX_USAGE) for configuration problems, 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            StartError::Policy(_) | StartError::Sandbox(_) => 64,
+            StartError::Policy(_) => 64,
             StartError::Listen { .. } => 1,
         }
     }
@@ -138,8 +134,8 @@ impl Agent {
     }
 
     /// The agent with the log ring the process's subscriber feeds. Fails closed: a policy that
-    /// does not compile stops the start instead of falling back to fewer rules, and so does a
-    /// sandbox the kernel cannot enforce (unless the configuration accepts the weaker level).
+    /// does not compile stops the start instead of falling back to fewer rules. A sandbox the
+    /// kernel cannot enforce refuses the profiles it cannot confine ([`sandbox::assess`]).
     pub fn with_logs(config: Config, logs: Arc<LogRing>) -> Result<Arc<Agent>, StartError> {
         Self::supervised(config, logs, Systemd::disabled())
     }
@@ -151,7 +147,7 @@ impl Agent {
         systemd: Systemd,
     ) -> Result<Arc<Agent>, StartError> {
         let policy = Policy::new(&config.policy).map_err(|e| StartError::Policy(e.to_string()))?;
-        let enforcement = sandbox::assess(&config.exec.sandbox, sandbox::detected_abi())?;
+        let enforcement = sandbox::assess(&config.exec.sandbox, sandbox::detected_abi());
         let link = watch::Sender::new(if config.channel.is_some() {
             LinkState::Starting
         } else {
@@ -329,17 +325,5 @@ mod tests {
             Err(e) => panic!("wrong error: {e}"),
             Ok(_) => panic!("the agent started without its configured deny rules"),
         }
-    }
-
-    #[test]
-    fn enforce_on_a_kernel_without_landlock_is_a_usage_error_naming_the_problem() {
-        let config = crate::config::SandboxConfig {
-            enforce: true,
-            ..Default::default()
-        };
-        let e = StartError::from(sandbox::assess(&config, None).unwrap_err());
-        assert!(matches!(e, StartError::Sandbox(_)));
-        assert_eq!(e.exit_code(), 64);
-        assert!(e.to_string().contains("no Landlock"), "{e}");
     }
 }

@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::Message;
 #[tokio::test]
 async fn exec_streams_started_output_and_exit() {
     let cp = Cp::start(Options::default()).await;
-    let _agent = InProc::start(agent_config("a1", cp.url())).await;
+    let agent = InProc::start(agent_config("a1", cp.url())).await;
     let session = within(10, "agent connect", cp.cp.wait_for_agent("a1")).await;
     assert_eq!(
         session.hello.protocol_version,
@@ -26,12 +26,9 @@ async fn exec_streams_started_output_and_exit() {
         .sandbox
         .as_ref()
         .expect("hello names the sandbox");
-    assert_eq!(sandbox.mode, dtma_protocol::SandboxMode::Off);
-    assert_eq!(sandbox.level, dtma_protocol::SandboxLevel::None);
-    assert!(
-        !sandbox.degradations.is_empty(),
-        "off is a listed degradation"
-    );
+    // Enforced by default; exactly what the agent assessed at start.
+    assert_eq!(sandbox.mode, dtma_protocol::SandboxMode::Enforce);
+    assert_eq!(sandbox, agent.agent().enforcement());
 
     let s = cp
         .cp

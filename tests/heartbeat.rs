@@ -55,10 +55,10 @@ async fn heartbeat_follows_welcome_and_a_silent_link_is_dead_after_two_intervals
     {
         match m {
             Message::Text(t) if t.as_str().contains(r#""type":"status""#) => {
-                // The sandbox's level rides on every heartbeat (off in this test's config).
+                // The sandbox's level rides on every heartbeat (enforced by default).
                 let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
-                assert_eq!(v["sandbox"]["mode"], "off", "{v}");
-                assert_eq!(v["sandbox"]["level"], "none", "{v}");
+                assert_eq!(v["sandbox"]["mode"], "enforce", "{v}");
+                assert!(v["sandbox"]["refused_profiles"].is_array(), "{v}");
                 statuses += 1;
             }
             Message::Ping(_) => pings += 1,

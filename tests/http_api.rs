@@ -15,8 +15,7 @@ const DIAG: &str = "diagnostics-token-0123456789";
 const OPS: &str = "operator-token-0123456789";
 
 fn local_config(audit: Option<std::path::PathBuf>) -> Config {
-    let mut c = Config::for_channel(TOKEN, None);
-    c.listen = "127.0.0.1:0".parse().unwrap();
+    let mut c = common::local_agent_config();
     c.backend_api_key = Some(Secret::new(API_KEY));
     c.extra_tokens = vec![
         TokenConfig {
@@ -447,9 +446,9 @@ async fn diagnostics_and_status_have_the_seed_and_console_shapes() {
     assert_eq!(j["environment"]["hasApiKey"], true);
     assert_eq!(j["environment"]["hasApiBaseUrl"], false);
     assert_eq!(j["environment"]["port"], l.addr.port());
-    assert_eq!(j["sandbox"]["mode"], "off", "{j}");
-    assert_eq!(j["sandbox"]["level"], "none", "{j}");
-    assert!(j["sandbox"]["degradations"][0].is_string(), "{j}");
+    assert_eq!(j["sandbox"]["mode"], "enforce", "{j}");
+    assert!(j["sandbox"]["degradations"].is_array(), "{j}");
+    assert!(j["sandbox"]["refused_profiles"].is_array(), "{j}");
 }
 
 #[tokio::test]
@@ -565,10 +564,13 @@ async fn every_decision_is_audited_without_secrets() {
     assert_eq!(lines[0]["decision"], "allowed");
     assert_eq!(lines[0]["role"], "admin");
     assert_eq!(lines[0]["caller"], "dtma_bearer_token");
-    // Not sandboxed: every exec record says so, and names no profile.
-    for l in &lines {
-        assert_eq!(l["enforcement"], "off", "{l}");
-        assert!(l.get("profile").is_none(), "{l}");
+    // Sandboxed by default: every exec record names the profile and the level that applied.
+    for (l, profile) in lines.iter().zip(["admin", "admin", "operator"]) {
+        assert_eq!(l["profile"], profile, "{l}");
+        assert!(
+            ["full", "partial"].contains(&l["enforcement"].as_str().unwrap()),
+            "{l}"
+        );
     }
     assert_eq!(lines[1]["decision"], "finished");
     assert_eq!(lines[1]["exit_code"], 0);
@@ -678,4 +680,29 @@ async fn an_oversized_body_sent_in_full_still_gets_its_413() {
     assert_eq!(j["code"], "payload_too_large");
     // The agent is still there for the next request.
     assert_eq!(l.get("/health", None).await.status, 200);
+}
+
+#[tokio::test]
+async fn with_the_sandbox_off_only_admin_commands_run() {
+    let mut config = local_config(None);
+    config.exec.sandbox.enforce = false;
+    let l = Local::start(config).await;
+    for token in [DIAG, OPS] {
+        let r = l
+            .post("/ssh/execute", Some(token), r#"{"command":"echo hi"}"#)
+            .await;
+        assert_eq!(r.status, 403, "{:?}", r);
+        assert_eq!(r.json()["rule"], "sandbox_unavailable", "{:?}", r);
+    }
+    let ok = l
+        .exec(serde_json::json!({"command": "echo hi"}))
+        .await
+        .json();
+    assert_eq!(ok["stdout"], "hi\n", "{ok}");
+    let status = l.get("/status", Some(TOKEN)).await.json();
+    assert_eq!(
+        status["sandbox"]["refused_profiles"],
+        serde_json::json!(["diagnostics", "operator"]),
+        "{status}"
+    );
 }

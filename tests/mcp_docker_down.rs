@@ -161,8 +161,7 @@ async fn docker_going_away_and_coming_back() {
         .unwrap();
     assert!(copied.success());
 
-    let mut config = dtma::Config::for_channel(TOKEN, None);
-    config.listen = "127.0.0.1:0".parse().unwrap();
+    let mut config = common::local_agent_config();
     config.docker_socket = dockerd.socket();
     config.mcp_network = Some("host".into());
     let agent = InProc::start(config).await;

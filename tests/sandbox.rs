@@ -19,8 +19,6 @@ use common::http::request;
 use common::*;
 use dtma::config::Config;
 
-const DTMA: &str = env!("CARGO_BIN_EXE_dtma");
-
 /// `reboot(2)` with a wrong magic number: EINVAL where allowed (root), EPERM under the filter.
 const REBOOT_WRONG_MAGIC: &str = "import ctypes, os, platform\n\
     nr = {'x86_64': 169, 'aarch64': 142}[platform.machine()]\n\
@@ -31,27 +29,6 @@ const REBOOT_WRONG_MAGIC: &str = "import ctypes, os, platform\n\
 /// The diagnostics user, created once per machine.
 fn diagnostics_user() -> u32 {
     system_user("dtma-diagnostics").uid.as_raw()
-}
-
-/// A system user, created once per machine; a lock file serialises concurrent tests.
-fn system_user(name: &str) -> nix::unistd::User {
-    let lock = std::fs::File::create("/tmp/dtma-sandbox-test-useradd.lock").unwrap();
-    lock.lock().unwrap();
-    if let Ok(Some(u)) = nix::unistd::User::from_name(name) {
-        return u;
-    }
-    let out = Command::new("useradd")
-        .args([
-            "--system",
-            "--no-create-home",
-            "--shell",
-            "/usr/sbin/nologin",
-        ])
-        .arg(name)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "useradd: {out:?}");
-    nix::unistd::User::from_name(name).unwrap().unwrap()
 }
 
 fn sandboxed(profile: &str, protect: &[&Path], script: &str) -> Output {

@@ -143,6 +143,31 @@ pub struct Sandbox {
     pub level: SandboxLevel,
     /// Each protection that does not hold on this host, in words. Empty when `level` is `full`.
     pub degradations: Vec<String>,
+    /// The profiles whose commands this agent refuses (`denied`, rule `sandbox_unavailable`):
+    /// `diagnostics` and `operator` when `mode` is `off`, or when the kernel has no Landlock and
+    /// the configuration does not accept the weaker sandbox. Omitted by agents that predate it.
+    #[serde(default)]
+    pub refused_profiles: Vec<SandboxProfile>,
+}
+
+/// A sandbox profile: one per caller role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SandboxProfile {
+    Diagnostics,
+    Operator,
+    Admin,
+}
+
+impl SandboxProfile {
+    /// The wire name.
+    pub fn name(self) -> &'static str {
+        match self {
+            SandboxProfile::Diagnostics => "diagnostics",
+            SandboxProfile::Operator => "operator",
+            SandboxProfile::Admin => "admin",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -17,9 +17,9 @@ use dtma_protocol::{
     DiskStatus, Encoding, ErrorCode, ErrorEvent, EventsEnd, EventsEndReason, Exit, Fd, GroupStatus,
     Hello, LINUX_CAPABILITIES, LogsEnd, LogsEndReason, McpEvent, McpEventKind, MemoryStatus,
     Output, PortMapping, PortProtocol, Progress, ProgressBytes, ProgressStep, RemoveResult,
-    RestartResult, ResultEvent, Sandbox, SandboxLevel, SandboxMode, ServerAction, ServerOutcome,
-    ServerState, ServerStatus, Started, StateEvent, Status, StatusResult, StreamPhase,
-    StreamResume, ToolStatus, decode_backend, schema,
+    RestartResult, ResultEvent, Sandbox, SandboxLevel, SandboxMode, SandboxProfile, ServerAction,
+    ServerOutcome, ServerState, ServerStatus, Started, StateEvent, Status, StatusResult,
+    StreamPhase, StreamResume, ToolStatus, decode_backend, schema,
 };
 use serde_json::{Value, json};
 
@@ -183,6 +183,7 @@ fn agent_variants() -> Vec<(AgentMessage, AgentMessage)> {
         landlock_abi: Some(4),
         level: SandboxLevel::Partial,
         degradations: vec!["d".into()],
+        refused_profiles: vec![SandboxProfile::Operator],
     };
     let disk = DiskStatus {
         mount: "/".into(),

@@ -158,7 +158,7 @@ pub const DEFAULT_OPERATOR_USER: &str = "dtma-operator";
 /// The kernel sandbox of commands (`DTMA_SANDBOX*`).
 #[derive(Debug, Clone)]
 pub struct SandboxConfig {
-    /// `false` (`DTMA_SANDBOX=off`): commands run unconfined, as today.
+    /// `false` (`DTMA_SANDBOX=off`): admin commands run unconfined, the others are refused.
     pub enforce: bool,
     pub diagnostics_user: String,
     pub operator_user: String,
@@ -174,7 +174,7 @@ pub struct SandboxConfig {
 impl Default for SandboxConfig {
     fn default() -> Self {
         SandboxConfig {
-            enforce: false,
+            enforce: true,
             diagnostics_user: DEFAULT_DIAGNOSTICS_USER.to_owned(),
             operator_user: DEFAULT_OPERATOR_USER.to_owned(),
             accept_no_landlock: false,

@@ -285,13 +285,13 @@ pub struct Settings {
     )]
     pub exec_rlimit_nproc: Option<u64>,
     /// `enforce`: every command runs under its role's kernel sandbox (`dtma sandbox-exec`:
-    /// user, no capabilities, Landlock, seccomp); `off`: as the agent's user, unconfined. `off`
-    /// is the default of this release; `enforce` will become the default.
+    /// user, no capabilities, Landlock, seccomp); `off`: admin commands run unconfined as the
+    /// agent's user and diagnostics/operator commands are refused.
     #[arg(
         long,
         env = "DTMA_SANDBOX",
         value_name = "off|enforce",
-        default_value = "off",
+        default_value = "enforce",
         help_heading = "Command execution"
     )]
     pub sandbox: Option<String>,

@@ -113,8 +113,8 @@ impl Resolved {
         }
 
         let sandbox_enforce = match s.sandbox.as_deref() {
-            Some("enforce") => true,
-            Some("off") | None => false,
+            Some("enforce") | None => true,
+            Some("off") => false,
             Some(other) => {
                 let label = c.name("sandbox");
                 c.problems

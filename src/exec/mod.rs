@@ -503,8 +503,16 @@ impl OutputSink for Collect {
 mod tests {
     use super::*;
 
+    /// The engine's limits with the sandbox off: these tests are about the engine, and their
+    /// own executable (the test binary) is no launcher. `tests/sandbox.rs` covers the sandbox.
+    fn unconfined() -> ExecLimits {
+        let mut l = ExecLimits::default();
+        l.sandbox.enforce = false;
+        l
+    }
+
     fn spec(cmd: &str, timeout_ms: u64) -> ExecSpec {
-        ExecSpec::new(cmd.into(), Some(timeout_ms), None, &ExecLimits::default()).unwrap()
+        ExecSpec::new(cmd.into(), Some(timeout_ms), None, &unconfined()).unwrap()
     }
 
     async fn run_collect(spec: ExecSpec, limits: &ExecLimits) -> (Outcome, Vec<u8>, Vec<u8>) {
@@ -526,7 +534,7 @@ mod tests {
     async fn captures_both_pipes_and_exit_code() {
         let (out, o, e) = run_collect(
             spec("echo out; echo err >&2; exit 3", 10_000),
-            &ExecLimits::default(),
+            &unconfined(),
         )
         .await;
         assert_eq!(out.exit_code, Some(3));
@@ -541,7 +549,7 @@ mod tests {
         // The background sleep holds stdout open; only killing the group ends the command.
         let limits = ExecLimits {
             kill_grace: Duration::from_millis(500),
-            ..ExecLimits::default()
+            ..unconfined()
         };
         let (out, o, _) = run_collect(spec("sleep 30 & echo $!; wait", 300), &limits).await;
         assert!(out.timed_out);
@@ -566,7 +574,7 @@ mod tests {
     async fn sigterm_ignored_escalates_to_sigkill() {
         let limits = ExecLimits {
             kill_grace: Duration::from_millis(300),
-            ..ExecLimits::default()
+            ..unconfined()
         };
         let (out, _, _) = run_collect(
             spec(
@@ -585,7 +593,7 @@ mod tests {
     async fn output_cap_truncates_but_drains() {
         let mut s = spec("head -c 1000000 /dev/zero", 10_000);
         s.max_output = 1000;
-        let (out, o, _) = run_collect(s, &ExecLimits::default()).await;
+        let (out, o, _) = run_collect(s, &unconfined()).await;
         assert_eq!(out.exit_code, Some(0));
         assert!(out.truncated);
         assert_eq!(o.len(), 1000);
@@ -605,7 +613,7 @@ mod tests {
         .map(|(k, v)| (OsString::from(k), OsString::from(v)));
         let env = child_env(
             base.into_iter(),
-            &ExecLimits::default().scrub_env,
+            &unconfined().scrub_env,
             &[Secret::new("hunter2-secret")],
         );
         assert_eq!(env, vec![("PATH".into(), "/bin".into())]);
@@ -657,7 +665,7 @@ mod tests {
         });
         let out = run(
             spec(cmd, 20_000),
-            &ExecLimits::default(),
+            &unconfined(),
             &[],
             sink.clone(),
             CancellationToken::new(),
@@ -697,7 +705,7 @@ mod tests {
             spec("head -c 4194304 /dev/zero; echo done >&2", 500),
             &ExecLimits {
                 kill_grace: Duration::from_millis(200),
-                ..ExecLimits::default()
+                ..unconfined()
             },
             &[],
             sink.clone(),
@@ -726,7 +734,7 @@ mod tests {
                 ..Default::default()
             },
             run_as: Some((65534, 65534)),
-            ..ExecLimits::default()
+            ..unconfined()
         };
         let (out, o, e) = run_collect(spec("ulimit -n; id -u", 10_000), &limits).await;
         assert_eq!(out.exit_code, Some(0), "{}", String::from_utf8_lossy(&e));
@@ -735,7 +743,7 @@ mod tests {
 
     #[test]
     fn bad_specs_are_typed() {
-        let l = ExecLimits::default();
+        let l = unconfined();
         assert!(matches!(
             ExecSpec::new("  ".into(), None, None, &l),
             Err(Error::EmptyCommand)

@@ -61,35 +61,19 @@ pub const EXIT_USAGE: u8 = 64;
 pub const EXIT_NO_USER: u8 = 67;
 pub const EXIT_SANDBOX: u8 = 71;
 
-/// One profile per role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Profile {
-    Diagnostics,
-    Operator,
-    Admin,
+/// One profile per role (the wire's names: `diagnostics`, `operator`, `admin`).
+pub use dtma_protocol::SandboxProfile as Profile;
+
+/// The profile named `s`.
+pub fn parse_profile(s: &str) -> Option<Profile> {
+    [Profile::Diagnostics, Profile::Operator, Profile::Admin]
+        .into_iter()
+        .find(|p| p.name() == s)
 }
 
-impl Profile {
-    pub fn name(self) -> &'static str {
-        match self {
-            Profile::Diagnostics => "diagnostics",
-            Profile::Operator => "operator",
-            Profile::Admin => "admin",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Profile> {
-        match s {
-            "diagnostics" => Some(Profile::Diagnostics),
-            "operator" => Some(Profile::Operator),
-            "admin" => Some(Profile::Admin),
-            _ => None,
-        }
-    }
-
-    fn unprivileged(self) -> bool {
-        self != Profile::Admin
-    }
+/// The profiles that switch to an unprivileged user (all but `admin`).
+fn unprivileged(profile: Profile) -> bool {
+    profile != Profile::Admin
 }
 
 /// Why the launcher refused to run the command.
@@ -160,7 +144,7 @@ impl Launch {
                     let v = value(&mut args, "--profile")?;
                     profile = Some(
                         v.to_str()
-                            .and_then(Profile::parse)
+                            .and_then(parse_profile)
                             .ok_or_else(|| Error::Usage(format!("unknown profile {v:?}")))?,
                     );
                 }
@@ -224,7 +208,7 @@ pub fn exec(launch: &Launch) -> Error {
 fn confine(launch: &Launch) -> Result<(), Error> {
     let profile = launch.profile;
     // Resolve everything that needs the user database or the filesystem before the switch.
-    let user = if profile.unprivileged() {
+    let user = if unprivileged(profile) {
         let name = launch.user.clone().unwrap_or_else(|| {
             match profile {
                 Profile::Operator => OPERATOR_USER,
@@ -249,7 +233,7 @@ fn confine(launch: &Launch) -> Result<(), Error> {
     };
     // admin keeps the machine's secret stores (it administers them) and protects only the agent:
     // carving /etc out for /etc/shadow would also stop it creating files directly in /etc.
-    let mut protected: Vec<PathBuf> = match profile.unprivileged() {
+    let mut protected: Vec<PathBuf> = match unprivileged(profile) {
         true => ALWAYS_PROTECTED.iter().map(PathBuf::from).collect(),
         false => Vec::new(),
     };
@@ -286,8 +270,7 @@ fn confine(launch: &Launch) -> Result<(), Error> {
     }
 
     let status = landlock(profile, &protected)?;
-    if status == RulesetStatus::NotEnforced && profile.unprivileged() && !launch.accept_no_landlock
-    {
+    if status == RulesetStatus::NotEnforced && unprivileged(profile) && !launch.accept_no_landlock {
         return Err(Error::NoLandlock {
             profile: profile.name(),
             status: describe(landlock_status()),
@@ -345,7 +328,7 @@ fn landlock(profile: Profile, protected: &[PathBuf]) -> Result<RulesetStatus, Er
         .handle_access(all)
         .map_err(e)
         .map_err(setup("landlock"))?;
-    if profile.unprivileged() {
+    if unprivileged(profile) {
         // Scoping is best effort: a kernel before ABI 6 keeps signals and abstract sockets open.
         ruleset = ruleset
             .set_compatibility(CompatLevel::BestEffort)
@@ -356,10 +339,10 @@ fn landlock(profile: Profile, protected: &[PathBuf]) -> Result<RulesetStatus, Er
     let mut created: RulesetCreated = ruleset.create().map_err(e).map_err(setup("landlock"))?;
     let everywhere = everywhere_except(protected);
     let read = AccessFs::from_read(LANDLOCK_ABI) | AccessFs::IoctlDev;
-    let granted = if profile.unprivileged() { read } else { all };
+    let granted = if unprivileged(profile) { read } else { all };
     let mut rules: Vec<(PathBuf, landlock::BitFlags<AccessFs>)> =
         everywhere.into_iter().map(|p| (p, granted)).collect();
-    if profile.unprivileged() {
+    if unprivileged(profile) {
         rules.extend(SCRATCH.iter().map(|p| (PathBuf::from(p), all)));
         rules.extend(
             DEVICES
@@ -411,7 +394,7 @@ fn seccomp_filters(profile: Profile) -> Result<Vec<BpfProgram>, Error> {
         .map_err(|e| setup("seccomp")(e.to_string()))?;
         BpfProgram::try_from(filter).map_err(|e| setup("seccomp")(e.to_string()))
     };
-    if profile.unprivileged() {
+    if unprivileged(profile) {
         deny.extend(
             [
                 libc::SYS_mount,
@@ -482,19 +465,10 @@ pub fn landlock_status() -> LandlockStatus {
 pub use dtma_protocol::{Sandbox as Enforcement, SandboxLevel as Level, SandboxMode as Mode};
 
 /// The oldest Landlock ABI the unprivileged profiles take as a sandbox at all. Below it (or
-/// without Landlock) the agent refuses to start with `DTMA_SANDBOX=enforce` unless
+/// without Landlock) the agent refuses diagnostics and operator commands unless
 /// `DTMA_SANDBOX_ACCEPT_NO_LANDLOCK=true`. Newer rights missing from an older ABI are listed as
 /// degradations (see [`assess`]).
 pub const REQUIRED_LANDLOCK_ABI: u8 = 1;
-
-/// `DTMA_SANDBOX=enforce` on a kernel that cannot enforce the profiles, not accepted.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "DTMA_SANDBOX=enforce, but {problem}: the diagnostics and operator profiles would run without their filesystem rules; set DTMA_SANDBOX_ACCEPT_NO_LANDLOCK=true to accept the weaker sandbox, or DTMA_SANDBOX=off"
-)]
-pub struct NotEnforceable {
-    pub problem: String,
-}
 
 /// The kernel's Landlock ABI (`None`: no Landlock, or not enabled). One probe; call it once.
 pub fn detected_abi() -> Option<u8> {
@@ -509,38 +483,47 @@ pub fn detected_abi() -> Option<u8> {
 
 /// What the profiles enforce with `config` on a kernel with Landlock ABI `abi` (from
 /// [`detected_abi`]; a parameter so tests can feed any kernel). Pure: no I/O.
-pub fn assess(
-    config: &crate::config::SandboxConfig,
-    abi: Option<u8>,
-) -> Result<Enforcement, NotEnforceable> {
+///
+/// Fails closed per profile, not for the agent: the unprivileged profiles are refused
+/// (`refused_profiles`) when the sandbox is off, or when the kernel has no usable Landlock and
+/// the configuration does not accept the weaker sandbox; `admin` always runs (it is root either
+/// way), with what the kernel offers, and each protection that does not hold is listed.
+pub fn assess(config: &crate::config::SandboxConfig, abi: Option<u8>) -> Enforcement {
+    let unprivileged = vec![Profile::Diagnostics, Profile::Operator];
     if !config.enforce {
-        return Ok(Enforcement {
+        return Enforcement {
             mode: Mode::Off,
             landlock_abi: abi,
             level: Level::None,
             degradations: vec![
-                "DTMA_SANDBOX=off: commands run unconfined, as the agent's user (only the shell policy applies)".into(),
+                "DTMA_SANDBOX=off: admin commands run unconfined, as the agent's user (only the shell policy's guard rails apply); diagnostics and operator commands are refused".into(),
             ],
-        });
+            refused_profiles: unprivileged,
+        };
     }
-    let usable = abi.filter(|a| *a >= REQUIRED_LANDLOCK_ABI);
     let mut degradations = Vec::new();
-    match usable {
+    let mut refused_profiles = Vec::new();
+    match abi.filter(|a| *a >= REQUIRED_LANDLOCK_ABI) {
         None => {
             let problem = match abi {
                 None => "the kernel has no Landlock (or it is not enabled)".to_owned(),
-                Some(a) => {
-                    format!(
-                        "the kernel's Landlock ABI {a} is older than the {REQUIRED_LANDLOCK_ABI} the profiles need"
-                    )
-                }
+                Some(a) => format!(
+                    "the kernel's Landlock ABI {a} is older than the {REQUIRED_LANDLOCK_ABI} the profiles need"
+                ),
             };
-            if !config.accept_no_landlock {
-                return Err(NotEnforceable { problem });
+            if config.accept_no_landlock {
+                degradations.push(format!(
+                    "{problem} (accepted by DTMA_SANDBOX_ACCEPT_NO_LANDLOCK): no filesystem rules; diagnostics and operator commands can read and write whatever their user may"
+                ));
+            } else {
+                degradations.push(format!(
+                    "{problem}: diagnostics and operator commands are refused (DTMA_SANDBOX_ACCEPT_NO_LANDLOCK=true runs them with their user and seccomp only)"
+                ));
+                refused_profiles = unprivileged;
             }
-            degradations.push(format!(
-                "{problem} (accepted by DTMA_SANDBOX_ACCEPT_NO_LANDLOCK): no filesystem rules; diagnostics and operator commands can read and write whatever their user may, admin commands can read and write the agent's own files"
-            ));
+            degradations.push(
+                "admin commands can read and write the agent's own files (no Landlock)".to_owned(),
+            );
         }
         Some(a) => {
             // What each ABI added to the rights these rulesets handle (best effort below it).
@@ -558,7 +541,7 @@ pub fn assess(
             }
         }
     }
-    Ok(Enforcement {
+    Enforcement {
         mode: Mode::Enforce,
         landlock_abi: abi,
         level: if degradations.is_empty() {
@@ -567,7 +550,13 @@ pub fn assess(
             Level::Partial
         },
         degradations,
-    })
+        refused_profiles,
+    }
+}
+
+/// Whether commands of `profile` are refused on this host (see [`assess`]).
+pub fn refuses(e: &Enforcement, profile: Profile) -> bool {
+    e.refused_profiles.contains(&profile)
 }
 
 /// The enforcement level an audit record names: `off` when commands are not sandboxed.
@@ -608,15 +597,19 @@ mod tests {
     }
 
     #[test]
-    fn enforce_without_landlock_is_refused_unless_accepted() {
-        let e = assess(&enforcing(false), None).unwrap_err();
-        assert!(e.to_string().contains("no Landlock"), "{e}");
+    fn enforce_without_landlock_refuses_the_unprivileged_profiles_unless_accepted() {
+        let e = assess(&enforcing(false), None);
+        assert_eq!((e.mode, e.level), (Mode::Enforce, Level::Partial));
+        assert!(refuses(&e, Profile::Diagnostics) && refuses(&e, Profile::Operator));
+        assert!(!refuses(&e, Profile::Admin));
+        assert!(e.degradations[0].contains("no Landlock"), "{e:?}");
         assert!(
-            e.to_string().contains("DTMA_SANDBOX_ACCEPT_NO_LANDLOCK"),
-            "{e}"
+            e.degradations[0].contains("DTMA_SANDBOX_ACCEPT_NO_LANDLOCK"),
+            "{e:?}"
         );
-        let weak = assess(&enforcing(true), None).unwrap();
+        let weak = assess(&enforcing(true), None);
         assert_eq!((weak.mode, weak.level), (Mode::Enforce, Level::Partial));
+        assert!(weak.refused_profiles.is_empty(), "{weak:?}");
         assert!(
             weak.degradations[0].contains("no filesystem rules"),
             "{weak:?}"
@@ -626,24 +619,37 @@ mod tests {
 
     #[test]
     fn older_abis_are_partial_with_each_missing_right_listed() {
-        let full = assess(&enforcing(false), Some(6)).unwrap();
+        let full = assess(&enforcing(false), Some(6));
         assert_eq!(full.level, Level::Full);
-        assert!(full.degradations.is_empty());
+        assert!(full.degradations.is_empty() && full.refused_profiles.is_empty());
         assert_eq!(audit_level(&full), "full");
-        let abi1 = assess(&enforcing(false), Some(1)).unwrap();
+        let abi1 = assess(&enforcing(false), Some(1));
         assert_eq!(abi1.level, Level::Partial);
         assert_eq!(abi1.degradations.len(), 3, "{abi1:?}");
-        let abi5 = assess(&enforcing(false), Some(5)).unwrap();
+        assert!(abi1.refused_profiles.is_empty());
+        let abi5 = assess(&enforcing(false), Some(5));
         assert_eq!(abi5.degradations.len(), 1, "{abi5:?}");
         assert!(abi5.degradations[0].contains("signals"));
     }
 
     #[test]
-    fn off_is_level_none_and_says_so() {
-        let off = assess(&crate::config::SandboxConfig::default(), None).unwrap();
+    fn off_is_level_none_refuses_the_unprivileged_profiles_and_says_so() {
+        let off = assess(
+            &crate::config::SandboxConfig {
+                enforce: false,
+                ..Default::default()
+            },
+            Some(6),
+        );
         assert_eq!((off.mode, off.level), (Mode::Off, Level::None));
         assert!(off.degradations[0].contains("unconfined"));
+        assert!(refuses(&off, Profile::Operator) && !refuses(&off, Profile::Admin));
         assert_eq!(audit_level(&off), "off");
+    }
+
+    #[test]
+    fn enforce_is_the_default() {
+        assert!(crate::config::SandboxConfig::default().enforce);
     }
 
     #[test]

@@ -107,7 +107,10 @@ impl CommandService {
                 }
                 Source::Channel => None,
             };
-        let decision = agent.policy().check(req.caller.role, &req.spec.command);
+        let decision = match sandbox_refusal(agent, req.caller.role) {
+            Some(refused) => refused,
+            None => agent.policy().check(req.caller.role, &req.spec.command),
+        };
         let verdict = if decision.allowed {
             "allowed"
         } else {
@@ -118,7 +121,7 @@ impl CommandService {
             .await;
         if !decision.allowed {
             info!(source = req.source.name(), caller = %req.caller.name, rule = %decision.rule,
-                request_id = req.request_id, "Command denied by policy.");
+                request_id = req.request_id, "Command denied.");
             return Err(Refused::Denied {
                 rule: decision.rule,
                 reason: decision.reason,
@@ -200,6 +203,21 @@ impl<S: CommandSink> Drop for EndGuard<S> {
             ));
         }
     }
+}
+
+/// The decision for a role whose sandbox profile this host cannot confine (fail closed).
+fn sandbox_refusal(agent: &Agent, role: Role) -> Option<crate::policy::Decision> {
+    let profile = profile(role);
+    let enforcement = agent.enforcement();
+    exec::sandbox::refuses(enforcement, profile).then(|| crate::policy::Decision {
+        allowed: false,
+        rule: "sandbox_unavailable".into(),
+        reason: format!(
+            "the `{}` sandbox profile cannot run here: {}",
+            profile.name(),
+            enforcement.degradations.first().map_or("", String::as_str)
+        ),
+    })
 }
 
 /// The sandbox profile of a caller's role.

@@ -3,7 +3,7 @@
 //! without bridge networking.
 
 use super::docker::docker;
-use super::{TOKEN, fast_channel};
+use super::fast_channel;
 
 /// `<prefix>-<pid>-<random>`: a group id, instance name or agent id no parallel test uses.
 pub fn unique(prefix: &str) -> String {
@@ -35,8 +35,7 @@ impl Drop for GroupGuard {
 /// containers), MCP servers on the host network (no bridge may exist here), and the channel
 /// when `url` is given.
 pub fn mcp_config(url: Option<String>) -> dtma::Config {
-    let mut c = dtma::Config::for_channel(TOKEN, None);
-    c.listen = "127.0.0.1:0".parse().unwrap();
+    let mut c = super::local_agent_config();
     c.channel = url.map(fast_channel);
     c.mcp_network = Some("host".into());
     c.agent_id = unique("agent");

@@ -69,10 +69,46 @@ pub fn fast_channel(url: String) -> ChannelConfig {
     }
 }
 
-pub fn agent_config(id: &str, url: String) -> Config {
+/// The built agent binary: the sandbox launcher of in-process agents (whose own executable is
+/// the test binary).
+pub const DTMA: &str = env!("CARGO_BIN_EXE_dtma");
+
+/// An agent's configuration for tests: the seed token, the local API on 127.0.0.1:0, and the
+/// kernel sandbox on (the default) with the built binary as its launcher and its users present.
+pub fn local_agent_config() -> Config {
     let mut c = Config::for_channel(TOKEN, None);
-    c.agent_id = id.to_owned();
     c.listen = "127.0.0.1:0".parse().unwrap();
+    c.exec.sandbox.launcher = DTMA.into();
+    system_user("dtma-diagnostics");
+    system_user("dtma-operator");
+    c
+}
+
+/// A system user, created once per machine (the package creates them on a droplet); a lock
+/// file serialises concurrent tests.
+pub fn system_user(name: &str) -> nix::unistd::User {
+    let lock = std::fs::File::create("/tmp/dtma-sandbox-test-useradd.lock").unwrap();
+    lock.lock().unwrap();
+    if let Ok(Some(u)) = nix::unistd::User::from_name(name) {
+        return u;
+    }
+    let out = std::process::Command::new("useradd")
+        .args([
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+        ])
+        .arg(name)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "useradd: {out:?}");
+    nix::unistd::User::from_name(name).unwrap().unwrap()
+}
+
+pub fn agent_config(id: &str, url: String) -> Config {
+    let mut c = local_agent_config();
+    c.agent_id = id.to_owned();
     c.channel = Some(fast_channel(url));
     c.exec.kill_grace = Duration::from_millis(500);
     c
