@@ -12,6 +12,8 @@ done
 # /bin/busybox from busybox-static; docker-compose runs the benchmark's stack.
 [ -x /bin/busybox ] || need_apt+=(busybox-static)
 command -v docker-compose >/dev/null || need_apt+=(docker-compose)
+# tests/systemd.rs checks deploy/dtma.service with `systemd-analyze verify`.
+command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi

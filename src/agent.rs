@@ -4,11 +4,13 @@
 //!
 //! **Invariant:** nothing here imports a service or an adapter.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -22,6 +24,7 @@ use crate::logring::LogRing;
 use crate::metrics::Metrics;
 use crate::policy::{Policy, Role};
 use crate::status::Sampler;
+use crate::systemd::{Progress, Systemd};
 
 /// Why the agent cannot start with a configuration.
 #[derive(Debug, thiserror::Error)]
@@ -59,8 +62,12 @@ pub struct Agent {
     /// Cancelled when the drain starts: open-ended work (a log follow) ends then instead of
     /// holding shutdown for the whole grace period.
     drain_started: CancellationToken,
-    /// Whether a channel session is up right now (for `/health`).
-    link_up: AtomicBool,
+    /// The channel's state (for `/health`, the heartbeat and systemd's `STATUS=`).
+    link: watch::Sender<LinkState>,
+    /// What the service manager asked for (notifications, watchdog).
+    systemd: Arc<Systemd>,
+    /// The control loop's heartbeat, which feeds the watchdog.
+    progress: Arc<Progress>,
     started: Instant,
     sampler: Sampler,
     policy: Policy,
@@ -81,6 +88,38 @@ pub struct Agent {
 
 /// Reads the channel's (running, held) stream counts.
 pub type StreamCounts = Box<dyn Fn() -> (u64, u64) + Send + Sync>;
+
+/// The channel's state, as systemd's `STATUS=` line shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkState {
+    /// The channel has not dialled yet.
+    Starting,
+    /// No channel configured: the local API only.
+    LocalOnly,
+    /// Dialling the backend (TCP, TLS, upgrade, `hello`/`welcome`).
+    Connecting { host: String },
+    /// A session is up (`welcome` received).
+    Connected { host: String },
+    /// Waiting before the next dial, after `cause`.
+    BackingOff { delay: Duration, cause: String },
+    /// The channel cannot run at all (its TLS set-up failed); the local API still serves.
+    Failed { cause: String },
+}
+
+impl fmt::Display for LinkState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LinkState::Starting => f.write_str("starting"),
+            LinkState::LocalOnly => f.write_str("local-only (no control channel configured)"),
+            LinkState::Connecting { host } => write!(f, "connecting to {host}"),
+            LinkState::Connected { host } => write!(f, "connected to {host}"),
+            LinkState::BackingOff { delay, cause } => {
+                write!(f, "backing off {:.1} s: {cause}", delay.as_secs_f64())
+            }
+            LinkState::Failed { cause } => write!(f, "channel down for good: {cause}"),
+        }
+    }
+}
 
 /// The caller behind every channel request: the backend, which the agent itself dialled.
 pub fn backend_caller() -> Caller {
@@ -105,21 +144,28 @@ impl Agent {
 
     /// The agent with the log ring the process's subscriber feeds and its own metrics.
     pub fn with_logs(config: Config, logs: Arc<LogRing>) -> Result<Arc<Agent>, StartError> {
-        Self::build(config, logs, Arc::new(Metrics::new()))
+        Self::build(config, logs, Arc::new(Metrics::new()), Systemd::disabled())
     }
 
-    /// The agent with the log ring the process's subscriber feeds and the metrics registry the
-    /// wiring built. Fails closed: a policy that does not compile stops the start instead of
-    /// falling back to fewer rules. A sandbox the kernel cannot enforce refuses the profiles it
-    /// cannot confine ([`sandbox::assess`]).
+    /// The agent with the log ring the process's subscriber feeds, the metrics registry the
+    /// wiring built and the service manager's handle (notifications, watchdog). Fails closed: a
+    /// policy that does not compile stops the start instead of falling back to fewer rules. A
+    /// sandbox the kernel cannot enforce refuses the profiles it cannot confine
+    /// ([`sandbox::assess`]).
     pub fn build(
         config: Config,
         logs: Arc<LogRing>,
         metrics: Arc<Metrics>,
+        systemd: Systemd,
     ) -> Result<Arc<Agent>, StartError> {
         let policy = Policy::new(&config.policy).map_err(|e| StartError::Policy(e.to_string()))?;
         let root = nix::unistd::geteuid().is_root();
         let enforcement = sandbox::assess(&config.exec.sandbox, sandbox::detected_abi(), root);
+        let link = watch::Sender::new(if config.channel.is_some() {
+            LinkState::Starting
+        } else {
+            LinkState::LocalOnly
+        });
         Ok(Arc::new(Agent {
             policy,
             enforcement,
@@ -141,7 +187,9 @@ impl Agent {
             work: CancellationToken::new(),
             draining: AtomicBool::new(false),
             drain_started: CancellationToken::new(),
-            link_up: AtomicBool::new(false),
+            link,
+            progress: Arc::new(Progress::new(systemd.watchdog())),
+            systemd: Arc::new(systemd),
             started: Instant::now(),
             sampler: Sampler::default(),
         }))
@@ -186,12 +234,35 @@ impl Agent {
         self.draining.load(Ordering::Relaxed)
     }
 
+    /// Whether a channel session is up right now.
     pub fn link_up(&self) -> bool {
-        self.link_up.load(Ordering::Relaxed)
+        matches!(*self.link.borrow(), LinkState::Connected { .. })
     }
-    /// The channel reports whether a session is up.
-    pub fn set_link_up(&self, up: bool) {
-        self.link_up.store(up, Ordering::Relaxed);
+    /// The channel reports its state.
+    pub fn set_link_state(&self, state: LinkState) {
+        use crate::metrics::ChannelState;
+        self.metrics.channel_state(match &state {
+            LinkState::Starting | LinkState::Connecting { .. } => ChannelState::Connecting,
+            LinkState::Connected { .. } => ChannelState::Connected,
+            LinkState::BackingOff { .. } => ChannelState::Backoff,
+            LinkState::LocalOnly | LinkState::Failed { .. } => ChannelState::Stopped,
+        });
+        self.link.send_if_modified(|s| {
+            let changed = *s != state;
+            *s = state;
+            changed
+        });
+    }
+    /// The channel's state, and its changes.
+    pub fn link_state(&self) -> watch::Receiver<LinkState> {
+        self.link.subscribe()
+    }
+
+    pub fn systemd(&self) -> &Arc<Systemd> {
+        &self.systemd
+    }
+    pub fn progress(&self) -> &Arc<Progress> {
+        &self.progress
     }
 
     pub fn http_addr(&self) -> Option<SocketAddr> {

@@ -14,6 +14,8 @@
 //! - [`config`]: the configuration value (flags > env > file > defaults).
 //! - [`cli`]: the command line: subcommands, and the local client (`exec`, `status`, `logs`,
 //!   `mcp`), an HTTP client of the local API that names no service.
+//! - [`systemd`]: `Type=notify` (ready, status, stopping) and the watchdog fed by the control
+//!   loop's progress; [`signals`]: SIGTERM/SIGINT (the first drains, the second exits at once).
 //! - [`audit`], [`auth`], [`status`], [`logring`], [`text`], [`backoff`]: the audit log (own
 //!   writer thread), bearer tokens and roles, heartbeat samples, the agent's recent log lines,
 //!   UTF-8-safe output chunking shared by both adapters, and the retry backoff (channel
@@ -36,7 +38,9 @@ pub mod logring;
 pub mod metrics;
 pub mod policy;
 pub mod services;
+pub mod signals;
 pub mod status;
+pub mod systemd;
 pub mod text;
 
 use std::net::SocketAddr;
@@ -154,18 +158,26 @@ impl Running {
 /// Start the agent: the local API on `config.listen` and, when configured, the channel.
 /// Cancelling `shutdown` drains running work and stops everything.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, StartError> {
-    start_with_logs(config, logring::LogRing::new(), shutdown).await
+    start_supervised(
+        config,
+        logring::LogRing::new(),
+        systemd::Systemd::disabled(),
+        shutdown,
+    )
+    .await
 }
 
-/// [`start`], with the ring that the process's log subscriber feeds (for `/diagnostics/logs`).
-pub async fn start_with_logs(
+/// [`start`], with the ring that the process's log subscriber feeds (for `/diagnostics/logs`)
+/// and what the service manager asked for (notifications, watchdog).
+pub async fn start_supervised(
     config: Config,
     logs: Arc<logring::LogRing>,
+    systemd: systemd::Systemd,
     shutdown: CancellationToken,
 ) -> Result<Running, StartError> {
     // The one metrics registry: the agent hands its counters to whoever counts.
     let metrics = Arc::new(metrics::Metrics::new());
-    let agent = Agent::build(config, logs, metrics)?;
+    let agent = Agent::build(config, logs, metrics, systemd)?;
     log_enforcement(agent.enforcement());
     if agent.config().policy.operator_allow.is_some() {
         tracing::warn!(
@@ -230,6 +242,18 @@ pub async fn start_with_logs(
     let chan_task = channel
         .clone()
         .map(|c| tokio::spawn(c.run(chan_stop.clone())));
+    // READY=1 once the channel's first dial has started (the API listens already), STATUS=
+    // lines after it; the watchdog fed by the reconnect loop and the session (or, local-only,
+    // by a ticker on the runtime). None of these is tracked: the drain never waits for them.
+    let (sd, progress) = (agent.systemd(), agent.progress());
+    systemd::spawn_reporter(sd.clone(), agent.link_state(), |s| {
+        !matches!(s, agent::LinkState::Starting)
+    });
+    if channel.is_none() {
+        systemd::spawn_local_ticker(sd, progress.clone());
+    }
+    systemd::spawn_watchdog(sd.clone(), progress.clone());
+    systemd::spawn_wedge_hook(sd, progress.clone());
 
     let done = tokio::spawn({
         let agent = agent.clone();
@@ -238,6 +262,10 @@ pub async fn start_with_logs(
         async move {
             shutdown.cancelled().await;
             info!("Shutdown requested.");
+            agent.systemd().stopping(&format!(
+                "draining: running requests may finish for {} s",
+                agent.config().shutdown_grace.as_secs()
+            ));
             // Event streams have no natural end: they end now (`shutting_down`), with the
             // watcher and the monitor, so the drain below waits only for finite work.
             services.events.shutdown();
@@ -277,13 +305,14 @@ fn log_enforcement(e: &exec::sandbox::Enforcement) {
     }
 }
 
-/// Run until `shutdown` is cancelled.
+/// Run until `shutdown` is cancelled and the drain is over.
 pub async fn run(
     config: Config,
     logs: Arc<logring::LogRing>,
+    systemd: systemd::Systemd,
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
-    let running = start_with_logs(config, logs, shutdown).await?;
+    let running = start_supervised(config, logs, systemd, shutdown).await?;
     if let Err(e) = running.join().await {
         tracing::error!(error = %e, "The shutdown task failed.");
     }

@@ -1,5 +1,6 @@
 //! The `dtma` binary: pick the form (`src/cli/`: the agent, `check-config`, the local client),
-//! and for the agent start logging and run until SIGTERM/SIGINT.
+//! and for the agent start logging and run until SIGTERM/SIGINT (a second one exits at once,
+//! `dtma::signals`).
 
 use std::process::ExitCode;
 
@@ -71,37 +72,25 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async {
+    let systemd = dtma::systemd::Systemd::from_env();
+    let outcome = runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        let s = shutdown.clone();
-        tokio::spawn(async move {
-            wait_for_signal().await;
-            s.cancel();
-        });
-        match dtma::run(config, logs, shutdown).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("dtma: {e}");
-                ExitCode::from(e.exit_code())
-            }
+        let signals = tokio::spawn(dtma::signals::watch(shutdown.clone()));
+        tokio::select! {
+            r = dtma::run(config, logs, systemd, shutdown) => Ok(r),
+            Ok(second) = signals => Err(second),
         }
-    })
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
+    });
+    match outcome {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            eprintln!("dtma: {e}");
+            ExitCode::from(e.exit_code())
         }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
+        Err(second) => {
+            // A second stop signal: leave now, without waiting for the runtime's tasks.
+            runtime.shutdown_background();
+            ExitCode::from(second.exit_code())
         }
     }
 }

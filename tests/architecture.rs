@@ -107,6 +107,7 @@ fn services_never_name_an_adapter() {
 fn engines_know_nothing_of_adapters_services_or_transports() {
     for engine in [
         "exec", "policy", "docker", "agent", "audit", "auth", "text", "status", "metrics",
+        "systemd", "signals",
     ] {
         for upper in ["api", "channel", "services"] {
             assert!(!names(engine, upper), "{engine} names {upper}");

@@ -33,7 +33,7 @@ async fn heartbeat_follows_welcome_and_a_silent_link_is_dead_after_two_intervals
     let stop = CancellationToken::new();
     let run = tokio::spawn({
         let stop = stop.clone();
-        async move { session::run(agent_ws, &chan, &stop).await }
+        async move { session::run(agent_ws, &chan, &stop, "test").await }
     });
 
     let hello = backend.next().await.unwrap().unwrap();
@@ -95,7 +95,7 @@ async fn no_welcome_within_the_connect_timeout_fails_the_session() {
     let chan = Channel::new(Services::new(agent), channel());
     let stop = CancellationToken::new();
     let t0 = Instant::now();
-    let run = tokio::spawn(async move { session::run(agent_ws, &chan, &stop).await });
+    let run = tokio::spawn(async move { session::run(agent_ws, &chan, &stop, "test").await });
     let _hello = backend.next().await;
     let end = run.await.unwrap();
     assert!(

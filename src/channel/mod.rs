@@ -28,7 +28,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::agent::Agent;
+use crate::agent::{Agent, LinkState};
 use crate::backoff::Backoff;
 use crate::config::{ChannelConfig, Secret};
 use crate::metrics::{ChannelState, ReconnectCause};
@@ -75,6 +75,9 @@ impl Channel {
             Err(e) => {
                 // Config validation checked the file exists; a bad PEM is an operator error.
                 tracing::error!(error = %e, "TLS set-up failed; the channel stays down.");
+                self.agent().set_link_state(LinkState::Failed {
+                    cause: format!("TLS set-up failed: {e}"),
+                });
                 return;
             }
         };
@@ -109,13 +112,21 @@ impl Channel {
         let mut down_since = tokio::time::Instant::now();
         let mut orphans_cancelled = false;
         let mut wait = Duration::ZERO;
+        // Why the link is down, for systemd's `STATUS=` line while backing off.
+        let mut cause = String::new();
+        let progress = self.agent().progress();
+        let mut ticker = progress.ticker();
         loop {
+            progress.tick();
             if !wait.is_zero() {
-                metrics.channel_state(ChannelState::Backoff);
                 info!(
                     delay_ms = wait.as_millis() as u64,
                     "Channel disconnected; waiting before redial."
                 );
+                self.agent().set_link_state(LinkState::BackingOff {
+                    delay: wait,
+                    cause: cause.clone(),
+                });
             }
             // Wait out the delay in full; the orphan grace may expire during it (then running
             // commands are cancelled and the wait goes on).
@@ -125,6 +136,7 @@ impl Channel {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep_until(redial_at) => break,
+                    _ = ticker.tick() => progress.tick(),
                     _ = tokio::time::sleep(grace_left), if !orphans_cancelled => {
                         let (running, _) = self.registry.counts();
                         if running > 0 {
@@ -140,16 +152,27 @@ impl Channel {
                 }
             }
             info!(%url, "Channel connecting.");
-            metrics.channel_state(ChannelState::Connecting);
-            let ws = tokio::select! {
-                _ = stop.cancelled() => return,
-                ws = dialer.dial(&url) => ws,
+            self.agent().set_link_state(LinkState::Connecting {
+                host: host_of(&url).to_owned(),
+            });
+            // The dial is bounded by the connect timeout; the loop still turns meanwhile.
+            let ws = {
+                let dial = dialer.dial(&url);
+                tokio::pin!(dial);
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = ticker.tick() => progress.tick(),
+                        ws = &mut dial => break ws,
+                    }
+                }
             };
             let ws = match ws {
                 Ok(ws) => ws,
                 Err(e) => {
                     warn!(error = %e, "Channel connect failed.");
                     metrics.reconnect(ReconnectCause::ConnectFailed);
+                    cause = format!("connect failed: {e}");
                     if url != chan.url {
                         info!(configured = %chan.url, "Redirect target unreachable; returning to the configured URL.");
                         url = chan.url.clone();
@@ -159,10 +182,9 @@ impl Channel {
                 }
             };
             let up_at = tokio::time::Instant::now();
-            self.agent().set_link_up(true);
-            let end = session::run(ws, &self, &stop).await;
-            self.agent().set_link_up(false);
-            metrics.channel_state(ChannelState::Backoff);
+            // The session reports `Connected` once welcomed; whatever follows it (backing off,
+            // or dialling at once) is set at the top of this loop before any await.
+            let end = session::run(ws, &self, &stop, host_of(&url)).await;
             if let Some(cause) = end.cause() {
                 metrics.reconnect(cause);
             }
@@ -186,10 +208,12 @@ impl Channel {
                         None => {}
                     }
                     wait = after;
+                    cause = "the backend asked to reconnect".into();
                 }
                 SessionEnd::Incompatible(ref why) => {
                     warn!(reason = %why, "Backend protocol version unsupported; retrying slowly.");
                     wait = chan.backoff_cap;
+                    cause = format!("incompatible backend: {why}");
                 }
                 SessionEnd::Closed { code, ref reason } => {
                     warn!(?code, %reason, "Channel closed by the backend.");
@@ -200,11 +224,21 @@ impl Channel {
                         // back slowly rather than fight over the session.
                         wait = chan.backoff_cap;
                     }
+                    cause = match code {
+                        Some(code) => format!("closed by the backend ({code}) {reason}"),
+                        None => format!("closed by the backend {reason}"),
+                    }
+                    .trim_end()
+                    .to_owned();
                 }
                 SessionEnd::Dead => {
-                    warn!("Channel declared dead: no frame for two ping intervals.")
+                    warn!("Channel declared dead: no frame for two ping intervals.");
+                    cause = "link dead: no frame for two ping intervals".into();
                 }
-                SessionEnd::Failed(ref why) => warn!(reason = %why, "Channel session failed."),
+                SessionEnd::Failed(ref why) => {
+                    warn!(reason = %why, "Channel session failed.");
+                    cause = format!("session failed: {why}");
+                }
             }
         }
     }
@@ -241,5 +275,29 @@ impl Dialer for TlsDialer {
     type Link = tls::Ws;
     async fn dial(&self, url: &str) -> Result<Self::Link, tls::Error> {
         tls::dial(url, &self.token, &self.chan, self.tls.clone()).await
+    }
+}
+
+/// The host (and port) of a `ws://` or `wss://` URL, for status lines: no scheme, no path.
+pub fn host_of(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    authority.rsplit_once('@').map_or(authority, |(_, h)| h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_of;
+
+    #[test]
+    fn the_host_of_a_url_has_neither_scheme_nor_path_nor_user() {
+        assert_eq!(
+            host_of("wss://api.example.com/dtma/connect"),
+            "api.example.com"
+        );
+        assert_eq!(host_of("ws://127.0.0.1:8080/x?y=1"), "127.0.0.1:8080");
+        assert_eq!(host_of("ws://user:pw@h:1"), "h:1");
+        assert_eq!(host_of("wss://[::1]:9/"), "[::1]:9");
+        assert_eq!(host_of("nonsense"), "nonsense");
     }
 }

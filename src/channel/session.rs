@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::Channel;
+use crate::agent::LinkState;
 use crate::config::ChannelConfig;
 
 /// Frames handed to the socket per write batch.
@@ -62,8 +63,13 @@ impl SessionEnd {
     }
 }
 
-/// Run one session over `ws` until it ends.
-pub async fn run<S>(ws: S, channel: &Arc<Channel>, stop: &CancellationToken) -> SessionEnd
+/// Run one session over `ws` (a link to `host`) until it ends.
+pub async fn run<S>(
+    ws: S,
+    channel: &Arc<Channel>,
+    stop: &CancellationToken,
+    host: &str,
+) -> SessionEnd
 where
     S: Sink<Message, Error = tungstenite::Error>
         + Stream<Item = Result<Message, tungstenite::Error>>
@@ -74,6 +80,8 @@ where
     let (mut tx, mut rx) = ws.split();
     let chan = channel.config();
     let registry = channel.registry();
+    let progress = channel.agent().progress();
+    let mut ticker = progress.ticker();
 
     // Handshake: hello, then nothing but welcome.
     let hello = AgentMessage::Hello(Hello {
@@ -93,18 +101,26 @@ where
             .map_err(|e| SessionEnd::Failed(format!("sending hello: {e}")))?;
         read_welcome(&mut rx).await
     };
-    let welcome = tokio::select! {
-        _ = stop.cancelled() => return SessionEnd::Shutdown,
-        w = tokio::time::timeout(chan.connect_timeout, handshake) => match w {
-            Ok(Ok(w)) => w,
-            Ok(Err(end)) => {
-                if matches!(end, SessionEnd::Failed(_)) {
-                    say_goodbye(&mut tx, close_code::PROTOCOL_ERROR, "expected `welcome`").await;
-                }
-                return end;
+    let answer = {
+        let handshake = tokio::time::timeout(chan.connect_timeout, handshake);
+        tokio::pin!(handshake);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return SessionEnd::Shutdown,
+                _ = ticker.tick() => progress.tick(),
+                w = &mut handshake => break w,
             }
-            Err(_) => return SessionEnd::Failed("no welcome within the connect timeout".into()),
-        },
+        }
+    };
+    let welcome = match answer {
+        Ok(Ok(w)) => w,
+        Ok(Err(end)) => {
+            if matches!(end, SessionEnd::Failed(_)) {
+                say_goodbye(&mut tx, close_code::PROTOCOL_ERROR, "expected `welcome`").await;
+            }
+            return end;
+        }
+        Err(_) => return SessionEnd::Failed("no welcome within the connect timeout".into()),
     };
     if welcome.protocol_version != PROTOCOL_VERSION {
         let reason = format!(
@@ -115,10 +131,9 @@ where
         return SessionEnd::Incompatible(reason);
     }
     info!(session_id = %welcome.session_id, resumed = welcome.resume.len(), "Channel connected.");
-    channel
-        .agent()
-        .metrics()
-        .channel_state(crate::metrics::ChannelState::Connected);
+    channel.agent().set_link_state(LinkState::Connected {
+        host: host.to_owned(),
+    });
     registry.connected(&welcome.resume, welcome.initial_credit);
     let heartbeat = welcome
         .heartbeat_interval_ms
@@ -145,9 +160,14 @@ where
     // After a stall, carry on at the normal pace rather than firing the missed ticks at once.
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Every turn of this loop ticks the control loop's progress (the watchdog's food); a turn
+    // that never ends (an await that hangs) starves the watchdog, and systemd restarts us.
     let end = loop {
+        progress.tick();
         tokio::select! {
             _ = stop.cancelled() => break SessionEnd::Shutdown,
+            _ = ticker.tick() => {}
+            _ = progress.wedge_requested() => progress.hold(channel.agent().systemd()).await,
             r = &mut writer => {
                 let end = match &r {
                     Ok((_, Err(e))) => SessionEnd::Failed(format!("write failed: {e}")),

@@ -251,7 +251,11 @@ impl Default for ExecLimits {
             max_timeout: Duration::from_secs(24 * 3600),
             kill_grace: Duration::from_secs(2),
             default_max_output: 256 << 20,
-            scrub_env: SECRET_VARS.iter().map(|s| s.to_string()).collect(),
+            scrub_env: SECRET_VARS
+                .iter()
+                .chain(&SERVICE_MANAGER_VARS)
+                .map(|s| s.to_string())
+                .collect(),
             run_as: None,
             rlimits: Rlimits::default(),
             http_max_concurrent: 64,
@@ -299,6 +303,11 @@ pub const SECRET_VARS: [&str; 6] = [
     "CREDENTIALS_DIRECTORY",
     handoff::FD_VAR,
 ];
+
+/// The variables through which systemd talks to the agent (`src/systemd.rs`): not passed to
+/// children either, so a command cannot speak for the agent (and systemd would ignore it under
+/// `NotifyAccess=main` anyway).
+pub const SERVICE_MANAGER_VARS: [&str; 3] = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
 
 /// Default path of the connect endpoint below `AGENTOPIA_API_BASE_URL`.
 pub const DEFAULT_WS_PATH: &str = "dtma/connect";

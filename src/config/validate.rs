@@ -8,8 +8,7 @@ use std::time::Duration;
 use super::settings::{Names, Origin, Settings};
 use super::{
     AuditConfig, ChannelConfig, Config, DEFAULT_LISTEN, DEFAULT_WS_PATH, ExecLimits, LocalTarget,
-    LogFormat,
-    PRLIMIT, Rlimits, SandboxConfig, Secret, StreamLimits, TokenConfig, derive_ws_url,
+    LogFormat, PRLIMIT, Rlimits, SandboxConfig, Secret, StreamLimits, TokenConfig, derive_ws_url,
 };
 
 /// Settings overlaid from every source, ready to be checked.

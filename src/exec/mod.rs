@@ -606,6 +606,8 @@ mod tests {
             ("PATH", "/bin"),
             ("DTMA_BEARER_TOKEN", "tok"),
             ("CREDENTIALS_DIRECTORY", "/run/creds"),
+            ("NOTIFY_SOCKET", "/run/systemd/notify"),
+            ("WATCHDOG_USEC", "30000000"),
             ("COPY", "prefix-hunter2-secret"),
         ]
         .map(|(k, v)| (OsString::from(k), OsString::from(v)));
