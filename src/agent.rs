@@ -159,8 +159,11 @@ impl Agent {
         systemd: Systemd,
     ) -> Result<Arc<Agent>, StartError> {
         let policy = Policy::new(&config.policy).map_err(|e| StartError::Policy(e.to_string()))?;
-        let root = nix::unistd::geteuid().is_root();
-        let enforcement = sandbox::assess(&config.exec.sandbox, sandbox::detected_abi(), root);
+        let enforcement = sandbox::assess(
+            &config.exec.sandbox,
+            sandbox::detected_abi(),
+            sandbox::Privileges::of_this_process(),
+        );
         let link = watch::Sender::new(if config.channel.is_some() {
             LinkState::Starting
         } else {

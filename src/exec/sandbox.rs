@@ -254,8 +254,12 @@ fn confine(launch: &Launch) -> Result<(), Error> {
         .into_iter()
         .filter(|p| !hidden.iter().any(|h| p.starts_with(h)))
         .collect();
-    // Needs CAP_SYS_ADMIN: before the user switch, and before Landlock forbids mounts.
-    mask(&hidden, &read_only)?;
+    // Needs CAP_SYS_ADMIN: before the user switch, and before Landlock forbids mounts. Without
+    // it (a container with Docker's default capabilities) the files keep only their
+    // permissions, as the agent said at start (`assess`).
+    if can_mask() {
+        mask(&hidden, &read_only)?;
+    }
 
     nix::sys::prctl::set_no_new_privs().map_err(|e| setup("no_new_privs")(e.to_string()))?;
     if let Some(user) = &user {
@@ -517,14 +521,18 @@ pub fn detected_abi() -> Option<u8> {
 }
 
 /// What the profiles enforce with `config` on a kernel with Landlock ABI `abi` (from
-/// [`detected_abi`]; a parameter so tests can feed any kernel), in an agent that is `root` or
-/// not. Pure: no I/O.
+/// [`detected_abi`]; a parameter so tests can feed any kernel), in an agent with `host`'s
+/// privileges ([`Privileges::of_this_process`]). Pure: no I/O.
 ///
 /// Fails closed per profile, not for the agent: the unprivileged profiles are refused
 /// (`refused_profiles`) when the sandbox is off, or when the kernel has no usable Landlock and
 /// the configuration does not accept the weaker sandbox; `admin` always runs (it is root either
 /// way), with what the kernel offers, and each protection that does not hold is listed.
-pub fn assess(config: &crate::config::SandboxConfig, abi: Option<u8>, root: bool) -> Enforcement {
+pub fn assess(
+    config: &crate::config::SandboxConfig,
+    abi: Option<u8>,
+    host: Privileges,
+) -> Enforcement {
     let unprivileged = vec![Profile::Diagnostics, Profile::Operator];
     if !config.enforce {
         return Enforcement {
@@ -577,7 +585,12 @@ pub fn assess(config: &crate::config::SandboxConfig, abi: Option<u8>, root: bool
             }
         }
     }
-    if !root {
+    if host.root && !host.can_mask {
+        degradations.push(
+            "the agent lacks CAP_SYS_ADMIN (in a container?): it cannot mask its own files, which only their permissions protect; admin commands can read and write them".to_owned(),
+        );
+    }
+    if !host.root {
         degradations.push(
             "the agent is not root: it cannot switch users or mask its own files, so diagnostics and operator commands are refused and admin commands can read and write the agent's files".to_owned(),
         );
@@ -594,6 +607,36 @@ pub fn assess(config: &crate::config::SandboxConfig, abi: Option<u8>, root: bool
         degradations,
         refused_profiles,
     }
+}
+
+/// What the agent's process may do that the sandbox relies on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Privileges {
+    /// Root: may switch users (the unprivileged profiles need it).
+    pub root: bool,
+    /// Has CAP_SYS_ADMIN: may mask the agent's files in a mount namespace. A container started
+    /// with Docker's default capabilities lacks it.
+    pub can_mask: bool,
+}
+
+impl Privileges {
+    /// This process's (and so the launcher's: it inherits them).
+    pub fn of_this_process() -> Privileges {
+        Privileges {
+            root: nix::unistd::geteuid().is_root(),
+            can_mask: can_mask(),
+        }
+    }
+}
+
+/// Whether this process may enter a mount namespace and mount (CAP_SYS_ADMIN).
+fn can_mask() -> bool {
+    caps::has_cap(
+        None,
+        caps::CapSet::Effective,
+        caps::Capability::CAP_SYS_ADMIN,
+    )
+    .unwrap_or(false)
 }
 
 /// Whether commands of `profile` are refused on this host (see [`assess`]).
@@ -630,6 +673,11 @@ pub fn describe(status: LandlockStatus) -> String {
 mod tests {
     use super::*;
 
+    const FULL: Privileges = Privileges {
+        root: true,
+        can_mask: true,
+    };
+
     fn enforcing(accept_no_landlock: bool) -> crate::config::SandboxConfig {
         crate::config::SandboxConfig {
             enforce: true,
@@ -640,7 +688,7 @@ mod tests {
 
     #[test]
     fn enforce_without_landlock_refuses_the_unprivileged_profiles_unless_accepted() {
-        let e = assess(&enforcing(false), None, true);
+        let e = assess(&enforcing(false), None, FULL);
         assert_eq!((e.mode, e.level), (Mode::Enforce, Level::Partial));
         assert!(refuses(&e, Profile::Diagnostics) && refuses(&e, Profile::Operator));
         assert!(!refuses(&e, Profile::Admin));
@@ -649,7 +697,7 @@ mod tests {
             e.degradations[0].contains("DTMA_SANDBOX_ACCEPT_NO_LANDLOCK"),
             "{e:?}"
         );
-        let weak = assess(&enforcing(true), None, true);
+        let weak = assess(&enforcing(true), None, FULL);
         assert_eq!((weak.mode, weak.level), (Mode::Enforce, Level::Partial));
         assert!(weak.refused_profiles.is_empty(), "{weak:?}");
         assert!(
@@ -661,15 +709,15 @@ mod tests {
 
     #[test]
     fn older_abis_are_partial_with_each_missing_right_listed() {
-        let full = assess(&enforcing(false), Some(6), true);
+        let full = assess(&enforcing(false), Some(6), FULL);
         assert_eq!(full.level, Level::Full);
         assert!(full.degradations.is_empty() && full.refused_profiles.is_empty());
         assert_eq!(audit_level(&full), "full");
-        let abi1 = assess(&enforcing(false), Some(1), true);
+        let abi1 = assess(&enforcing(false), Some(1), FULL);
         assert_eq!(abi1.level, Level::Partial);
         assert_eq!(abi1.degradations.len(), 3, "{abi1:?}");
         assert!(abi1.refused_profiles.is_empty());
-        let abi5 = assess(&enforcing(false), Some(5), true);
+        let abi5 = assess(&enforcing(false), Some(5), FULL);
         assert_eq!(abi5.degradations.len(), 1, "{abi5:?}");
         assert!(abi5.degradations[0].contains("signals"));
     }
@@ -682,7 +730,7 @@ mod tests {
                 ..Default::default()
             },
             Some(6),
-            true,
+            FULL,
         );
         assert_eq!((off.mode, off.level), (Mode::Off, Level::None));
         assert!(off.degradations[0].contains("unconfined"));
@@ -692,10 +740,29 @@ mod tests {
 
     #[test]
     fn an_agent_that_is_not_root_refuses_the_unprivileged_profiles() {
-        let e = assess(&enforcing(false), Some(6), false);
+        let e = assess(
+            &enforcing(false),
+            Some(6),
+            Privileges {
+                root: false,
+                can_mask: false,
+            },
+        );
         assert_eq!(e.level, Level::Partial);
         assert!(refuses(&e, Profile::Diagnostics) && !refuses(&e, Profile::Admin));
         assert!(e.degradations[0].contains("not root"), "{e:?}");
+    }
+
+    #[test]
+    fn a_root_agent_that_cannot_mask_says_so_and_runs_every_profile() {
+        let host = Privileges {
+            root: true,
+            can_mask: false,
+        };
+        let e = assess(&enforcing(false), Some(6), host);
+        assert_eq!(e.level, Level::Partial);
+        assert!(e.refused_profiles.is_empty(), "{e:?}");
+        assert!(e.degradations[0].contains("CAP_SYS_ADMIN"), "{e:?}");
     }
 
     #[test]
