@@ -183,8 +183,11 @@ pub struct SandboxConfig {
     /// `dtma` because their process is the test binary.
     pub launcher: PathBuf,
     /// The agent's own files no command may read or write: credentials, token files, the
-    /// config file, the audit log's directory.
+    /// config file, the audit log's directory; plus `DTMA_SANDBOX_HIDE`.
     pub protect: Vec<PathBuf>,
+    /// Paths each unprivileged profile may write besides the scratch directories.
+    pub diagnostics_writable: Vec<PathBuf>,
+    pub operator_writable: Vec<PathBuf>,
 }
 
 impl Default for SandboxConfig {
@@ -195,6 +198,8 @@ impl Default for SandboxConfig {
             operator_user: DEFAULT_OPERATOR_USER.to_owned(),
             accept_no_landlock: false,
             launcher: PathBuf::from("/proc/self/exe"),
+            diagnostics_writable: Vec::new(),
+            operator_writable: Vec::new(),
             // The default audit log's directory, as `validate` derives it.
             protect: AuditConfig::default()
                 .path
