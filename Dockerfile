@@ -1,7 +1,7 @@
 # The agent's container image, for a machine that can pull from a registry:
 #
 #   docker build --build-arg DTMA_GIT_COMMIT="$(git rev-parse --short HEAD)" -t dtma .
-#   docker run -d --name dtma --restart unless-stopped -p 30000:30000 \
+#   docker run -d --name dtma --restart unless-stopped --stop-timeout 30 -p 30000:30000 \
 #     -v /var/run/docker.sock:/var/run/docker.sock \
 #     -e DTMA_BEARER_TOKEN -e AGENTOPIA_API_BASE_URL -e BACKEND_TO_DTMA_API_KEY dtma
 #
@@ -38,7 +38,8 @@ EXPOSE 30000
 # sandbox's unprivileged profiles need root to switch to their users; a non-root agent refuses
 # them (src/exec/sandbox.rs, `assess`). The mounted Docker socket is root-equivalent anyway.
 # As PID 1 the agent runs itself as a child and reaps orphaned processes (src/init.rs), so no
-# --init or tini is needed; `docker stop` (SIGTERM) drains it and it exits 0.
+# --init or tini is needed; `docker stop` (SIGTERM) drains it and it exits 0 (give the drain
+# time: --stop-timeout 30, above DTMA_SHUTDOWN_GRACE_MS).
 USER root
 WORKDIR /
 ENTRYPOINT ["/usr/local/bin/dtma"]

@@ -222,7 +222,17 @@ async fn orphaned_background_jobs_are_reaped_and_exit_codes_stay_right() {
     assert_eq!(exit_code(&c), Some(7), "{c:?}");
     let jobs: Vec<u32> = stdout(&c).lines().map(|l| l.parse().unwrap()).collect();
     assert_eq!(jobs.len(), JOBS, "{c:?}");
-    let before = processes(&agent);
+    // Each job is re-parented to PID 1 and, once asleep, blocked opening the FIFO (busybox is
+    // static: its first blocking call is that open), so one writer releases them all.
+    let mut before = Vec::new();
+    for _ in 0..400 {
+        before = processes(&agent);
+        let asleep = |job: &u32| before.iter().any(|p| p.0 == *job && p.1 == 'S');
+        if jobs.iter().all(asleep) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
     for job in &jobs {
         let p = before.iter().find(|p| p.0 == *job);
         assert!(
