@@ -309,6 +309,12 @@ pub const SECRET_VARS: [&str; 6] = [
 /// `NotifyAccess=main` anyway).
 pub const SERVICE_MANAGER_VARS: [&str; 3] = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
 
+/// The variables a command finds the local API by: its URL and a token of the command's
+/// caller's role, valid while the command runs (`services::commands`; read by `dtma`'s client
+/// subcommands).
+pub const API_URL_VAR: &str = "DTMA_API_URL";
+pub const API_TOKEN_VAR: &str = "DTMA_API_TOKEN";
+
 /// Default path of the connect endpoint below `AGENTOPIA_API_BASE_URL`.
 pub const DEFAULT_WS_PATH: &str = "dtma/connect";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:30000";
