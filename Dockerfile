@@ -20,9 +20,12 @@ COPY . .
 RUN cargo build --release --locked --bin dtma \
  && strip target/release/dtma
 
-# debian:bookworm-slim, not distroless: commands run through /bin/sh and the tools an operator
-# expects (ps, grep, awk, ...), and the image needs useradd for the sandbox's users.
+# debian:bookworm-slim, not distroless: commands run through /bin/sh with the tools an operator
+# expects (grep, sed, awk from the base; ps and ss added), and useradd makes the sandbox's users.
 FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends procps iproute2 \
+ && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 990 dtma-diagnostics \
  && useradd --system --uid 990 --gid 990 --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin --comment "dtma sandbox (diagnostics)" dtma-diagnostics \
