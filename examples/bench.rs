@@ -162,6 +162,8 @@ impl Rss {
 
 struct Results {
     rtt_ws: M<Latency>,
+    /// The same round trip with `DTMA_SANDBOX=off`: what the sandbox costs.
+    rtt_ws_off: M<Latency>,
     rtt_wss: M<Latency>,
     rtt_ssh: M<Latency>,
     rtt_sh: M<Latency>,
@@ -184,6 +186,7 @@ impl Default for Results {
         }
         Results {
             rtt_ws: nr(),
+            rtt_ws_off: nr(),
             rtt_wss: nr(),
             rtt_ssh: nr(),
             rtt_sh: nr(),
@@ -389,7 +392,7 @@ async fn run(settings: &Settings, reaper: &Arc<Reaper>, r: &mut Results) -> Resu
         "bench-ws",
         &format!("ws://{plain_addr}/dtma/connect"),
         &token,
-        None,
+        &[],
     )
     .await;
     match agent {
@@ -422,6 +425,32 @@ async fn run(settings: &Settings, reaper: &Arc<Reaper>, r: &mut Results) -> Resu
         }
     }
 
+    // --- The agent over ws:// with the sandbox off: what the sandbox costs a round trip ------
+    eprintln!("bench: agent over ws://{plain_addr}, DTMA_SANDBOX=off");
+    let agent = Agent::start(
+        settings,
+        reaper,
+        &cp,
+        "bench-ws-off",
+        &format!("ws://{plain_addr}/dtma/connect"),
+        &token,
+        &[("DTMA_SANDBOX", "off")],
+    )
+    .await;
+    match agent {
+        Err(e) => r.rtt_ws_off = missing(format!("the unsandboxed agent did not come up: {e:#}")),
+        Ok(agent) => {
+            eprintln!(
+                "bench: exec round trips, sandbox off ({} runs)",
+                settings.rtt_runs
+            );
+            r.rtt_ws_off = exec_rtt(&cp, &agent.id, settings.rtt_runs)
+                .await
+                .map_err(|e| format!("unsandboxed round trips failed: {e:#}"));
+            agent.stop(reaper).await;
+        }
+    }
+
     // --- The agent over wss:// --------------------------------------------------------------
     eprintln!("bench: agent over wss://{secure_addr} ({suite})");
     let agent = Agent::start(
@@ -431,7 +460,7 @@ async fn run(settings: &Settings, reaper: &Arc<Reaper>, r: &mut Results) -> Resu
         "bench-wss",
         &format!("wss://{secure_addr}/dtma/connect"),
         &token,
-        Some(&ca_file),
+        &[("DTMA_CA_FILE", &ca_file.to_string_lossy())],
     )
     .await;
     match agent {
@@ -546,7 +575,7 @@ impl Agent {
         id: &str,
         url: &str,
         token: &str,
-        ca_file: Option<&Path>,
+        env: &[(&str, &str)],
     ) -> Result<Agent> {
         let log_path = reaper.dir.join(format!("{id}.log"));
         let log = std::fs::File::create(&log_path)?;
@@ -575,9 +604,7 @@ impl Agent {
         if needed > 2048 {
             cmd.env("DTMA_MAX_STREAMS", needed.to_string());
         }
-        if let Some(ca) = ca_file {
-            cmd.env("DTMA_CA_FILE", ca);
-        }
+        cmd.envs(env.iter().copied());
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {}", settings.dtma_bin.display()))?;
@@ -1300,7 +1327,7 @@ fn render(s: &Settings, r: &Results, load: &str) -> Report {
     let mut rows: Vec<[String; 5]> = Vec::new();
     rows.push([
         format!(
-            "exec `true` round trip p50 (ws://; ssh -S mux; sh -c), {} / {} / {} runs",
+            "exec `true` round trip p50 (ws://, sandbox on: admin profile; ssh -S mux; sh -c), {} / {} / {} runs",
             runs(&r.rtt_ws),
             runs(&r.rtt_ssh),
             runs(&r.rtt_sh)
@@ -1317,6 +1344,16 @@ fn render(s: &Settings, r: &Results, load: &str) -> Report {
                     .map(|l| l.p50 < Duration::from_millis(3))
             )
         ),
+    ]);
+    rows.push([
+        format!(
+            "the same over ws:// with DTMA_SANDBOX=off p50 / p99, {} runs (the sandbox's cost)",
+            runs(&r.rtt_ws_off)
+        ),
+        format!("{} / {}", p50(&r.rtt_ws_off), p99(&r.rtt_ws_off)),
+        "-".into(),
+        "-".into(),
+        "-".into(),
     ]);
     rows.push([
         "exec `true` round trip p99 (same runs)".into(),
@@ -1388,6 +1425,10 @@ fn render(s: &Settings, r: &Results, load: &str) -> Report {
     let mut notes = Vec::new();
     for (what, m) in [
         ("dtma ws:// round trip", r.rtt_ws.as_ref().err()),
+        (
+            "dtma ws:// round trip, sandbox off",
+            r.rtt_ws_off.as_ref().err(),
+        ),
         ("dtma wss:// round trip", r.rtt_wss.as_ref().err()),
         ("OpenSSH round trip", r.rtt_ssh.as_ref().err()),
         ("sh -c true", r.rtt_sh.as_ref().err()),

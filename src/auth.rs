@@ -36,13 +36,20 @@ const MAX_TRACKED: usize = 10_000;
 
 pub struct Auth {
     tokens: Vec<(Secret, Caller)>,
+    /// Tokens of running commands ([`Auth::delegate`]): each valid until its command ends.
+    delegated: Mutex<Vec<(Secret, Caller)>>,
     failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
 }
+
+/// The prefix of a command's token (`DTMA_API_TOKEN`), so a reader can tell it from the
+/// agent's own tokens.
+pub const DELEGATED_PREFIX: &str = "dtma-cmd-";
 
 impl Auth {
     pub fn new(tokens: Vec<(Secret, Caller)>) -> Auth {
         Auth {
             tokens,
+            delegated: Mutex::new(Vec::new()),
             failures: Mutex::new(HashMap::new()),
         }
     }
@@ -87,12 +94,44 @@ impl Auth {
         let token = token.trim().as_bytes();
         // Compare against every token so the time does not tell which one nearly matched.
         let mut found = None;
-        for (secret, caller) in &self.tokens {
+        let delegated = self.delegated.lock().unwrap_or_else(|p| p.into_inner());
+        for (secret, caller) in self.tokens.iter().chain(delegated.iter()) {
             if constant_time_eq(secret.expose().as_bytes(), token) && found.is_none() {
                 found = Some(caller.clone());
             }
         }
         found.ok_or(Error::Wrong)
+    }
+
+    /// A fresh token with `caller`'s role, for a command `caller` runs: the command reaches the
+    /// local API with it (the operator profile's way to MCP: no Docker socket), and no further
+    /// than its caller could. Valid until [`Auth::revoke`]. `None` when the OS has no randomness
+    /// to give (the command then runs without one).
+    pub fn delegate(&self, caller: &Caller) -> Option<Secret> {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).ok()?;
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let token = Secret::new(format!("{DELEGATED_PREFIX}{hex}"));
+        let name = format!("command of {}", caller.name);
+        self.delegated
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((
+                token.clone(),
+                Caller {
+                    name,
+                    role: caller.role,
+                },
+            ));
+        Some(token)
+    }
+
+    /// End a delegated token: its command has ended.
+    pub fn revoke(&self, token: &Secret) {
+        self.delegated
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(t, _)| t.expose() != token.expose());
     }
 
     /// Record a failure from `ip`; returns how long to hold the response back.
@@ -188,6 +227,23 @@ mod tests {
             a.check(Some("Bearer admin-token-longer")),
             Err(Error::Wrong)
         );
+    }
+
+    #[test]
+    fn a_delegated_token_has_its_callers_role_until_revoked() {
+        let a = auth();
+        let diag = a.check(Some("Bearer diag-token")).unwrap();
+        let token = a.delegate(&diag).unwrap();
+        assert!(token.expose().starts_with(DELEGATED_PREFIX));
+        let header = format!("Bearer {}", token.expose());
+        let caller = a.check(Some(&header)).unwrap();
+        assert_eq!(caller.role, Role::Diagnostics);
+        assert_eq!(caller.name, "command of d");
+        let other = a.delegate(&diag).unwrap();
+        assert_ne!(other.expose(), token.expose());
+        a.revoke(&token);
+        assert_eq!(a.check(Some(&header)), Err(Error::Wrong));
+        assert!(a.check(Some(&format!("Bearer {}", other.expose()))).is_ok());
     }
 
     #[test]

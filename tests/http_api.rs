@@ -708,3 +708,39 @@ async fn with_the_sandbox_off_only_admin_commands_run() {
         "{status}"
     );
 }
+
+/// A command reaches the local API with a token of its caller's role, valid while it runs: the
+/// operator profile's way to MCP (no Docker socket). `dtma` finds it by `DTMA_API_URL` and
+/// `DTMA_API_TOKEN`; it never carries the agent's own tokens and dies with the command.
+#[tokio::test]
+async fn a_command_reaches_the_local_api_with_its_callers_role_until_it_ends() {
+    let l = Local::start(local_config(None)).await;
+    let dtma = common::DTMA;
+    let run = async |token: &str, command: String| {
+        let body = serde_json::json!({ "command": command }).to_string();
+        let r = l.post("/ssh/execute", Some(token), &body).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        r.json()
+    };
+    // The operator's command, in the operator sandbox, asks the agent for its status.
+    let ops = run(OPS, format!("{dtma} status --json; echo \"exit=$?\"")).await;
+    let out = ops["stdout"].as_str().unwrap();
+    assert!(out.contains("\"sandbox\""), "{ops}");
+    assert!(out.ends_with("exit=0\n"), "{ops}");
+    // A diagnostics command gets a diagnostics token: changes are refused for its role.
+    let diag = run(
+        DIAG,
+        format!("{dtma} mcp restart no-such-server; echo \"exit=$?\""),
+    )
+    .await;
+    assert!(
+        diag["stdout"].as_str().unwrap().ends_with("exit=77\n"),
+        "{diag}"
+    );
+    // The token is the command's own, never one of the agent's, and ends with the command.
+    let shown = run(OPS, "printf %s \"$DTMA_API_TOKEN\"".into()).await;
+    let token = shown["stdout"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("dtma-cmd-"), "{shown}");
+    assert!(![TOKEN, API_KEY, DIAG, OPS].contains(&token.as_str()));
+    assert_eq!(l.get("/status", Some(&token)).await.status, 401);
+}

@@ -692,3 +692,32 @@ async fn admin_cannot_read_the_agents_secrets_from_its_proc_entries() {
         "the hand-off worked: {log}"
     );
 }
+
+/// A profile's extra writable paths (`DTMA_SANDBOX_*_WRITABLE`) open exactly those paths, and a
+/// hidden path (`DTMA_SANDBOX_HIDE`) is closed to admin too.
+#[test]
+fn configured_writable_and_hidden_paths_apply() {
+    diagnostics_user();
+    let data = tempfile::Builder::new()
+        .prefix("dtma-sandbox-writable-")
+        .tempdir_in("/srv")
+        .unwrap();
+    std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let d = data.path().display();
+    let write = format!("echo ok > {d}/note && cat {d}/note");
+    let mut cmd = Command::new(DTMA);
+    cmd.args(["sandbox-exec", "--profile", "diagnostics", "--writable"])
+        .arg(data.path())
+        .args(["--", "/bin/sh", "-c", &write]);
+    let out = cmd.output().unwrap();
+    assert_eq!(text(&out), "ok\n");
+    std::fs::remove_file(data.path().join("note")).unwrap();
+    // Without the setting the same write is refused.
+    let out = sandboxed("diagnostics", &[], &write);
+    assert!(text(&out).contains("Permission denied"), "{}", text(&out));
+    assert!(!data.path().join("note").exists());
+    // Hidden from admin: the socket-like file the test planted stands for docker.sock.
+    let (_dir, planted) = planted();
+    let out = sandboxed("admin", &[&planted], &format!("cat {}", planted.display()));
+    assert!(text(&out).contains("Permission denied"), "{}", text(&out));
+}

@@ -217,6 +217,19 @@ async fn run_client(cmd: ClientCommand, env: &BTreeMap<OsString, OsString>) -> R
 
 /// The client for `target`: the URL and token as given, else as the agent would find them.
 fn connect(target: &Target, env: &BTreeMap<OsString, OsString>) -> Result<Client, Failure> {
+    // Inside a command the agent runs: the command's own URL and token (its caller's role,
+    // valid while it runs), unless the invocation names its target.
+    let given = |var: &str| env.get(OsStr::new(var)).and_then(|v| v.to_str());
+    if let (Some(url), Some(token), None, None, None) = (
+        given(crate::config::API_URL_VAR),
+        given(crate::config::API_TOKEN_VAR),
+        &target.url,
+        &target.token_file,
+        &target.config,
+    ) {
+        let url = url.to_owned();
+        return Client::new(&url, crate::config::Secret::new(token));
+    }
     // The service's environment file below the process environment, as systemd gives it.
     let mut merged = read_env_file(&target.env_file);
     merged.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));

@@ -183,8 +183,11 @@ pub struct SandboxConfig {
     /// `dtma` because their process is the test binary.
     pub launcher: PathBuf,
     /// The agent's own files no command may read or write: credentials, token files, the
-    /// config file, the audit log's directory.
+    /// config file, the audit log's directory; plus `DTMA_SANDBOX_HIDE`.
     pub protect: Vec<PathBuf>,
+    /// Paths each unprivileged profile may write besides the scratch directories.
+    pub diagnostics_writable: Vec<PathBuf>,
+    pub operator_writable: Vec<PathBuf>,
 }
 
 impl Default for SandboxConfig {
@@ -195,6 +198,8 @@ impl Default for SandboxConfig {
             operator_user: DEFAULT_OPERATOR_USER.to_owned(),
             accept_no_landlock: false,
             launcher: PathBuf::from("/proc/self/exe"),
+            diagnostics_writable: Vec::new(),
+            operator_writable: Vec::new(),
             // The default audit log's directory, as `validate` derives it.
             protect: AuditConfig::default()
                 .path
@@ -308,6 +313,12 @@ pub const SECRET_VARS: [&str; 6] = [
 /// children either, so a command cannot speak for the agent (and systemd would ignore it under
 /// `NotifyAccess=main` anyway).
 pub const SERVICE_MANAGER_VARS: [&str; 3] = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
+
+/// The variables a command finds the local API by: its URL and a token of the command's
+/// caller's role, valid while the command runs (`services::commands`; read by `dtma`'s client
+/// subcommands).
+pub const API_URL_VAR: &str = "DTMA_API_URL";
+pub const API_TOKEN_VAR: &str = "DTMA_API_TOKEN";
 
 /// Default path of the connect endpoint below `AGENTOPIA_API_BASE_URL`.
 pub const DEFAULT_WS_PATH: &str = "dtma/connect";

@@ -343,6 +343,37 @@ pub struct Settings {
         help_heading = "Command execution"
     )]
     pub sandbox_accept_no_landlock: Option<bool>,
+    /// More paths (comma-separated) no command may read or write, in every profile, admin
+    /// included: e.g. `/var/run/docker.sock,/run/dbus/system_bus_socket` closes the Docker and
+    /// systemd routes around the admin profile (admin then has no `docker` or `systemctl`).
+    #[arg(
+        long,
+        env = "DTMA_SANDBOX_HIDE",
+        value_name = "PATHS",
+        value_delimiter = ',',
+        help_heading = "Command execution"
+    )]
+    pub sandbox_hide: Option<Vec<PathBuf>>,
+    /// More paths (comma-separated) the `diagnostics` profile may write, besides the scratch
+    /// directories (`/tmp`, `/var/tmp`, `/dev/shm`).
+    #[arg(
+        long,
+        env = "DTMA_SANDBOX_DIAGNOSTICS_WRITABLE",
+        value_name = "PATHS",
+        value_delimiter = ',',
+        help_heading = "Command execution"
+    )]
+    pub sandbox_diagnostics_writable: Option<Vec<PathBuf>>,
+    /// More paths (comma-separated) the `operator` profile may write, besides the scratch
+    /// directories: e.g. an MCP servers' data directory.
+    #[arg(
+        long,
+        env = "DTMA_SANDBOX_OPERATOR_WRITABLE",
+        value_name = "PATHS",
+        value_delimiter = ',',
+        help_heading = "Command execution"
+    )]
+    pub sandbox_operator_writable: Option<Vec<PathBuf>>,
     /// How long running commands may finish after SIGTERM before their groups are stopped.
     #[arg(
         long,

@@ -528,3 +528,54 @@ fn derive_ws_url_rejects_what_it_cannot_map() {
     assert!(derive_ws_url("https://h/?q=1", "x").is_err());
     assert!(derive_ws_url("h", "x").is_err());
 }
+
+#[test]
+fn sandbox_paths_come_as_lists_from_env_and_file_and_must_be_absolute() {
+    let cfg = load(
+        &[],
+        &[
+            ("DTMA_BEARER_TOKEN", "t"),
+            (
+                "DTMA_SANDBOX_HIDE",
+                "/var/run/docker.sock,/run/dbus/system_bus_socket",
+            ),
+            ("DTMA_SANDBOX_OPERATOR_WRITABLE", "/srv/mcp"),
+        ],
+    )
+    .unwrap();
+    let sandbox = &cfg.exec.sandbox;
+    assert!(sandbox.enforce);
+    assert!(sandbox.protect.contains(&"/var/run/docker.sock".into()));
+    assert!(
+        sandbox
+            .protect
+            .contains(&"/run/dbus/system_bus_socket".into())
+    );
+    assert_eq!(
+        sandbox.operator_writable,
+        vec![std::path::PathBuf::from("/srv/mcp")]
+    );
+    assert!(sandbox.diagnostics_writable.is_empty());
+
+    let dir = TempDir::new("sandbox-lists");
+    let path = dir.write(
+        "dtma.toml",
+        "sandbox_diagnostics_writable = [\"/srv/scratch\"]\n",
+    );
+    let cfg = load(&["--config", &path], &[("DTMA_BEARER_TOKEN", "t")]).unwrap();
+    assert_eq!(
+        cfg.exec.sandbox.diagnostics_writable,
+        vec![std::path::PathBuf::from("/srv/scratch")]
+    );
+
+    let err = load(
+        &[],
+        &[
+            ("DTMA_BEARER_TOKEN", "t"),
+            ("DTMA_SANDBOX_HIDE", "relative/path,/"),
+        ],
+    )
+    .unwrap_err();
+    assert_eq!(err.problems.len(), 2, "{err}");
+    assert!(err.to_string().contains("DTMA_SANDBOX_HIDE"), "{err}");
+}

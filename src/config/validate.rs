@@ -178,7 +178,29 @@ impl Resolved {
         .flatten()
         .collect();
         protect.extend(s.tokens.iter().filter_map(|t| t.token_file.clone()));
+        let mut sandbox_paths = |id: &str, value: &Option<Vec<PathBuf>>| {
+            let paths = value.clone().unwrap_or_default();
+            for p in &paths {
+                if !p.is_absolute() || p == Path::new("/") {
+                    let label = c.name(id);
+                    c.problems.push(format!(
+                        "{label}: `{}` must be an absolute path other than `/`",
+                        p.display()
+                    ));
+                }
+            }
+            paths
+        };
+        protect.extend(sandbox_paths("sandbox_hide", &s.sandbox_hide));
+        let diagnostics_writable = sandbox_paths(
+            "sandbox_diagnostics_writable",
+            &s.sandbox_diagnostics_writable,
+        );
+        let operator_writable =
+            sandbox_paths("sandbox_operator_writable", &s.sandbox_operator_writable);
         let sandbox = SandboxConfig {
+            diagnostics_writable,
+            operator_writable,
             enforce: sandbox_enforce,
             diagnostics_user,
             operator_user,

@@ -206,6 +206,11 @@ pub async fn run<S: OutputSink>(
                 sandbox::Profile::Admin => None,
             },
             protect: sandbox.protect.clone(),
+            writable: match spec.profile {
+                sandbox::Profile::Diagnostics => sandbox.diagnostics_writable.clone(),
+                sandbox::Profile::Operator => sandbox.operator_writable.clone(),
+                sandbox::Profile::Admin => Vec::new(),
+            },
             accept_no_landlock: sandbox.accept_no_landlock,
             program,
         };

@@ -87,7 +87,7 @@ fn unprivileged(profile: Profile) -> bool {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
-        "usage: dtma sandbox-exec --profile <diagnostics|operator|admin> [--user USER] [--protect PATH]... [--accept-no-landlock] -- PROGRAM [ARG]...: {0}"
+        "usage: dtma sandbox-exec --profile <diagnostics|operator|admin> [--user USER] [--protect PATH]... [--writable PATH]... [--accept-no-landlock] -- PROGRAM [ARG]...: {0}"
     )]
     Usage(String),
     #[error(
@@ -129,8 +129,10 @@ pub struct Launch {
     pub profile: Profile,
     /// The profile's user (ignored by `admin`); `None`: the default user of the profile.
     pub user: Option<String>,
-    /// Paths beyond [`ALWAYS_PROTECTED`] that the command may neither read nor write.
+    /// Paths beyond [`ALWAYS_HIDDEN`] that the command may neither read nor write.
     pub protect: Vec<PathBuf>,
+    /// Paths an unprivileged profile may write besides [`SCRATCH`] (ignored by `admin`).
+    pub writable: Vec<PathBuf>,
     pub accept_no_landlock: bool,
     pub program: Vec<OsString>,
 }
@@ -139,7 +141,8 @@ impl Launch {
     /// Parse the arguments after `sandbox-exec`.
     pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Launch, Error> {
         let mut args = args.into_iter();
-        let (mut profile, mut user, mut protect, mut accept) = (None, None, Vec::new(), false);
+        let (mut profile, mut user, mut accept) = (None, None, false);
+        let (mut protect, mut writable) = (Vec::new(), Vec::new());
         let value = |args: &mut dyn Iterator<Item = OsString>, flag: &str| {
             args.next()
                 .ok_or_else(|| Error::Usage(format!("{flag} needs a value")))
@@ -163,6 +166,9 @@ impl Launch {
                     user = Some(v);
                 }
                 Some("--protect") => protect.push(PathBuf::from(value(&mut args, "--protect")?)),
+                Some("--writable") => {
+                    writable.push(PathBuf::from(value(&mut args, "--writable")?));
+                }
                 Some("--accept-no-landlock") => accept = true,
                 _ => return Err(Error::Usage(format!("unexpected argument {arg:?}"))),
             }
@@ -176,6 +182,7 @@ impl Launch {
             profile,
             user,
             protect,
+            writable,
             accept_no_landlock: accept,
             program,
         })
@@ -190,6 +197,9 @@ impl Launch {
         }
         for p in &self.protect {
             a.extend(["--protect".into(), p.clone().into_os_string()]);
+        }
+        for p in &self.writable {
+            a.extend(["--writable".into(), p.clone().into_os_string()]);
         }
         if self.accept_no_landlock {
             a.push("--accept-no-landlock".into());
@@ -287,7 +297,7 @@ fn confine(launch: &Launch) -> Result<(), Error> {
         }
     }
 
-    let status = landlock(profile)?;
+    let status = landlock(profile, &launch.writable)?;
     if status == RulesetStatus::NotEnforced && unprivileged(profile) && !launch.accept_no_landlock {
         return Err(Error::NoLandlock {
             profile: profile.name(),
@@ -366,7 +376,7 @@ fn mask(hidden: &[PathBuf], read_only: &[PathBuf]) -> Result<(), Error> {
     Ok(())
 }
 
-fn landlock(profile: Profile) -> Result<RulesetStatus, Error> {
+fn landlock(profile: Profile, writable: &[PathBuf]) -> Result<RulesetStatus, Error> {
     let e = |e: landlock::RulesetError| setup("landlock")(e.to_string());
     let all = AccessFs::from_all(LANDLOCK_ABI);
     let mut ruleset = Ruleset::default().handle_access(all).map_err(e)?;
@@ -379,23 +389,21 @@ fn landlock(profile: Profile) -> Result<RulesetStatus, Error> {
     }
     let mut created: RulesetCreated = ruleset.create().map_err(e)?;
     let read = AccessFs::from_read(LANDLOCK_ABI) | AccessFs::IoctlDev;
-    let mut rules: Vec<(&str, landlock::BitFlags<AccessFs>)> = Vec::new();
+    let mut rules: Vec<(&Path, landlock::BitFlags<AccessFs>)> = Vec::new();
     if unprivileged(profile) {
-        rules.push(("/", read));
-        rules.extend(SCRATCH.iter().map(|p| (*p, all)));
-        rules.extend(
-            DEVICES
-                .iter()
-                .map(|p| (*p, AccessFs::from_file(LANDLOCK_ABI))),
-        );
+        rules.push((Path::new("/"), read));
+        rules.extend(SCRATCH.iter().map(|p| (Path::new(p), all)));
+        rules.extend(writable.iter().map(|p| (p.as_path(), all)));
+        let file = AccessFs::from_file(LANDLOCK_ABI);
+        rules.extend(DEVICES.iter().map(|p| (Path::new(p), file)));
     } else {
         // Everything: admin's limits are the masks, the ptrace rule of the domain, and seccomp.
-        rules.push(("/", all));
+        rules.push((Path::new("/"), all));
     }
     for (path, access) in rules {
-        // A scratch directory or device this machine lacks grants nothing.
+        // A path this machine lacks (a scratch directory, a configured one) grants nothing.
         let Ok(fd) = PathFd::new(path) else { continue };
-        let access = if Path::new(path).is_dir() {
+        let access = if path.is_dir() {
             access
         } else {
             access & AccessFs::from_file(LANDLOCK_ABI)
@@ -776,6 +784,7 @@ mod tests {
             profile: Profile::Operator,
             user: Some("op".into()),
             protect: vec!["/etc/dtma".into(), "/var/log/dtma".into()],
+            writable: vec!["/srv/mcp".into()],
             accept_no_landlock: true,
             program: vec!["/bin/sh".into(), "-c".into(), "--profile admin".into()],
         };

@@ -161,7 +161,9 @@ async fn run<S: CommandSink>(
     let config = agent.config();
     let mut spec = req.spec.clone();
     spec.profile = profile(req.caller.role);
+    let delegation = Delegation::for_command(&agent, &req.caller, &mut spec);
     let result = exec::run(spec, &config.exec, &config.secrets, sink, cancel).await;
+    drop(delegation);
     drop(slot);
     match result {
         Ok(o) => {
@@ -230,6 +232,45 @@ impl<S: CommandSink> Drop for EndGuard<S> {
                 "the agent failed while running this request (an agent bug; see its log)".into(),
             ));
         }
+    }
+}
+
+/// The command's own way to the local API: `DTMA_API_URL` and a token of its caller's role in
+/// `DTMA_API_TOKEN` (so `dtma mcp ls` works in an operator's command, with no Docker socket),
+/// revoked when the command ends. Never one of the agent's own tokens.
+struct Delegation {
+    agent: Arc<Agent>,
+    token: crate::config::Secret,
+}
+
+impl Delegation {
+    fn for_command(agent: &Arc<Agent>, caller: &Caller, spec: &mut ExecSpec) -> Option<Delegation> {
+        let addr = agent.http_addr()?;
+        let host = match addr.ip() {
+            std::net::IpAddr::V4(ip) if ip.is_unspecified() => "127.0.0.1".to_owned(),
+            std::net::IpAddr::V6(ip) if ip.is_unspecified() => "[::1]".to_owned(),
+            std::net::IpAddr::V4(ip) => ip.to_string(),
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        };
+        let token = agent.auth().delegate(caller)?;
+        spec.env.insert(
+            crate::config::API_URL_VAR.into(),
+            format!("http://{host}:{}", addr.port()),
+        );
+        spec.env.insert(
+            crate::config::API_TOKEN_VAR.into(),
+            token.expose().to_owned(),
+        );
+        Some(Delegation {
+            agent: agent.clone(),
+            token,
+        })
+    }
+}
+
+impl Drop for Delegation {
+    fn drop(&mut self) {
+        self.agent.auth().revoke(&self.token);
     }
 }
 
