@@ -15,10 +15,19 @@ done
 command -v docker-compose >/dev/null || need_apt+=(docker-compose)
 # tests/systemd.rs checks deploy/dtma.service with `systemd-analyze verify`.
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
+# tests/deb.rs: a Debian rootfs made with debootstrap (cached under /var/cache/dtma-test), the
+# scripts checked with shellcheck, cloud-init.yaml parsed with PyYAML, the package's Depends
+# computed by dpkg-shlibdeps (dpkg-dev).
+command -v debootstrap >/dev/null || need_apt+=(debootstrap)
+command -v shellcheck >/dev/null || need_apt+=(shellcheck)
+command -v dpkg-shlibdeps >/dev/null || need_apt+=(dpkg-dev)
+python3 -c 'import yaml' 2>/dev/null || need_apt+=(python3-yaml)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
+# deploy/deb.sh (tests/deb.rs builds the package with it).
+command -v cargo-deb >/dev/null || cargo install --locked cargo-deb
 
 # A real Docker daemon for the Docker tests. No bridge network may exist on these machines:
 # containers in tests use --network host or none.

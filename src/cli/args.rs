@@ -203,8 +203,8 @@ Examples:
 pub const RUN_HELP: &str = "\
 Examples:
   DTMA_BEARER_TOKEN=... AGENTOPIA_API_BASE_URL=https://api.example.com dtma
-  dtma run --config /etc/dtma/dtma.toml
-  dtma check-config --config /etc/dtma/dtma.toml";
+  dtma run --config /etc/dtma/config.toml
+  dtma check-config --config /etc/dtma/config.toml";
 
 pub const CHECK_CONFIG_HELP: &str = "\
 Prints the effective configuration as JSON (secrets redacted) and exits 0; or lists every

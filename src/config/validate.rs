@@ -327,11 +327,21 @@ impl Resolved {
                 if !c.problems.is_empty() {
                     return None;
                 }
-                let path = fallback.filter(|p| p.exists())?;
+                let path = fallback?;
                 match std::fs::read_to_string(path) {
                     Ok(text) if !text.trim().is_empty() => Some(Secret::new(text.trim())),
                     Ok(_) => {
                         c.problems.push(format!("`{}` is empty", path.display()));
+                        None
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                    // The package's /etc/dtma is 0750 root:dtma: an unreadable token is not
+                    // "no token".
+                    Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                        c.problems.push(format!(
+                            "cannot read `{}`: {e} (root and members of the `dtma` group may)",
+                            path.display()
+                        ));
                         None
                     }
                     Err(e) => {
