@@ -391,3 +391,117 @@ fn describe(m: &AgentMessage) -> (Option<u64>, &'static str, bool) {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dtma_protocol::{Encoding, Exit, Fd, Output, Ping};
+
+    fn stream(cap: usize) -> Arc<Stream> {
+        Arc::new(Stream {
+            agent: "a".into(),
+            id: "r".into(),
+            body: RequestBody::Ping(Ping {}),
+            buf: Mutex::new(Buf::default()),
+            changed: watch::channel(0).0,
+            cap,
+        })
+    }
+
+    fn output(seq: u64) -> AgentMessage {
+        AgentMessage::Output(Output {
+            id: "r".into(),
+            seq,
+            fd: Fd::Stdout,
+            encoding: Encoding::Utf8,
+            data: "x".repeat(100),
+        })
+    }
+
+    fn exit(seq: u64) -> AgentMessage {
+        AgentMessage::Exit(Exit {
+            id: "r".into(),
+            seq,
+            exit_code: Some(0),
+            signal: None,
+            timed_out: false,
+            cancelled: false,
+            killed_with: None,
+            duration_ms: 1,
+            stdout_bytes: 0,
+            stderr_bytes: 0,
+            truncated: false,
+        })
+    }
+
+    async fn next_seq(c: &mut Cursor) -> u64 {
+        match c.next(&CancellationToken::new()).await {
+            Some(Next::Event(e)) => e.seq,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn unsent_events_are_never_evicted_and_sent_ones_go_first() {
+        let s = stream(300);
+        for seq in 0..3 {
+            assert!(!s.append(output(seq)));
+        }
+        // Over the cap, but no client has been sent anything: all held (the pump waits).
+        assert!(lock(&s.buf).bytes > 300);
+        assert_eq!(lock(&s.buf).events.len(), 3);
+        let mut c = s.cursor(0).expect("from the start");
+        assert_eq!(next_seq(&mut c).await, 0);
+        // Seq 0 was sent: it is the one evicted.
+        assert_eq!(lock(&s.buf).first_held, 1);
+        match s.cursor(0) {
+            Err(AttachError::Evicted { first_held }) => assert_eq!(first_held, 1),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        // Resuming after what was read still works, without duplicates.
+        let mut resumed = s.cursor(1).expect("held");
+        assert_eq!(next_seq(&mut resumed).await, 1);
+        assert_eq!(next_seq(&mut resumed).await, 2);
+        // "Sent" is per stream, not per client: the first cursor, left behind at seq 1 while
+        // the buffer was over its cap, is told that it fell behind.
+        match c.next(&CancellationToken::new()).await {
+            Some(Next::Evicted { first_held }) => assert_eq!(first_held, 2),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cursor_waits_for_events_and_sees_the_end() {
+        let s = stream(1 << 20);
+        let mut c = s.cursor(0).expect("from the start");
+        let reader = tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            loop {
+                match c.next(&CancellationToken::new()).await {
+                    Some(Next::Event(e)) => seqs.push((e.seq, e.kind, e.terminal)),
+                    Some(Next::End) => return seqs,
+                    other => panic!("{other:?}"),
+                }
+            }
+        });
+        s.append(output(0));
+        s.append(output(1));
+        assert!(s.append(exit(2)));
+        assert!(s.ended());
+        let seqs = reader.await.expect("reader");
+        assert_eq!(
+            seqs,
+            vec![
+                (0, "output", false),
+                (1, "output", false),
+                (2, "exit", true)
+            ]
+        );
+        // A reader after the end, resuming past the last event, ends at once.
+        let mut late = s.cursor(3).expect("nothing evicted");
+        assert!(matches!(
+            late.next(&CancellationToken::new()).await,
+            Some(Next::End)
+        ));
+    }
+}
