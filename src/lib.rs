@@ -16,6 +16,8 @@
 //!   `mcp`), an HTTP client of the local API that names no service.
 //! - [`systemd`]: `Type=notify` (ready, status, stopping) and the watchdog fed by the control
 //!   loop's progress; [`signals`]: SIGTERM/SIGINT (the first drains, the second exits at once).
+//! - [`init`]: as PID 1 (a container), a minimal init in front of the agent: reaps orphans,
+//!   forwards stop signals, exits with the agent's status.
 //! - [`audit`], [`auth`], [`status`], [`logring`], [`text`], [`backoff`]: the audit log (own
 //!   writer thread), bearer tokens and roles, heartbeat samples, the agent's recent log lines,
 //!   UTF-8-safe output chunking shared by both adapters, and the retry backoff (channel
@@ -34,6 +36,7 @@ pub mod cli;
 pub mod config;
 pub mod docker;
 pub mod exec;
+pub mod init;
 pub mod logring;
 pub mod metrics;
 pub mod policy;

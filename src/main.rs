@@ -1,6 +1,6 @@
 //! The `dtma` binary: pick the form (`src/cli/`: the agent, `check-config`, the local client),
 //! and for the agent start logging and run until SIGTERM/SIGINT (a second one exits at once,
-//! `dtma::signals`).
+//! `dtma::signals`). As PID 1 (a container) it first becomes a minimal init (`dtma::init`).
 
 use std::process::ExitCode;
 
@@ -22,6 +22,12 @@ fn main() -> ExitCode {
     // Secrets given by environment leave /proc/<pid>/environ: the process re-execs itself with
     // them in a memfd (src/config/handoff.rs). Returns only if it cannot.
     let handoff = dtma::config::handoff::reexec_without_secrets();
+    // PID 1 (a container's entrypoint): become a minimal init that reaps orphaned processes and
+    // run the agent as its child (src/init.rs). After the hand-off, so the init's own environment
+    // holds no secret.
+    if let Some(code) = dtma::init::run_if_pid1() {
+        return ExitCode::from(code);
+    }
     let sources = match Sources::from_process() {
         Ok(s) => s,
         Err(e) => {

@@ -721,3 +721,26 @@ fn configured_writable_and_hidden_paths_apply() {
     let out = sandboxed("admin", &[&planted], &format!("cat {}", planted.display()));
     assert!(text(&out).contains("Permission denied"), "{}", text(&out));
 }
+
+/// No Docker socket for the unprivileged profiles (root-equivalent): connecting is refused,
+/// while admin (root) reaches it — the README says why that stays open for admin.
+#[test]
+fn the_unprivileged_profiles_cannot_reach_the_docker_socket() {
+    diagnostics_user();
+    system_user("dtma-operator");
+    let sock = "/var/run/docker.sock";
+    assert!(
+        Path::new(sock).exists(),
+        "dockerd must be running for this test"
+    );
+    let connect = format!(
+        "python3 -c \"import socket; s = socket.socket(socket.AF_UNIX); s.connect('{sock}'); print('connected')\""
+    );
+    for profile in ["diagnostics", "operator"] {
+        let out = sandboxed(profile, &[], &connect);
+        let t = text(&out);
+        assert!(!t.contains("connected"), "{profile}: {t}");
+        assert!(t.contains("PermissionError"), "{profile}: {t}");
+    }
+    assert_eq!(text(&sandboxed("admin", &[], &connect)), "connected\n");
+}
