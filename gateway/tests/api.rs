@@ -400,3 +400,28 @@ async fn agents_with_a_wrong_token_are_refused() {
         0
     );
 }
+
+#[tokio::test]
+async fn stopping_ends_operator_streams_and_join_returns() {
+    let mut gw = Gw::start().await;
+    let _agent = Agent::start("a3", &gw).await;
+    connected(&gw, "a3").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let gate = fifo(tmp.path(), "gate");
+    let command = format!("echo waiting; read x < {}", gate.display());
+    let mut sse = Sse::new(post(&gw, "a3", &[], exec_body(None, &command)).await);
+    assert_eq!(
+        within(20, "started", sse.next()).await.unwrap().event,
+        "started"
+    );
+    assert_eq!(
+        text_of(&within(20, "output", sse.next()).await.unwrap()),
+        "waiting\n"
+    );
+
+    // The command is still blocked: the body ends because the gateway stops, not the command.
+    gw.stop.cancel();
+    assert!(within(20, "body end", sse.next()).await.is_none());
+    within(20, "join", gw.running.take().unwrap().join()).await;
+    // Dropping the agent cancels its work: the blocked child is killed with its group.
+}
