@@ -207,3 +207,43 @@ fn top_level_modules_form_no_cycle() {
         }
     }
 }
+
+/// The `[dependencies]` table of a workspace crate's manifest: the names it lists.
+fn runtime_dependencies(krate: &str) -> BTreeSet<String> {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(krate)
+        .join("Cargo.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let mut in_deps = false;
+    let mut out = BTreeSet::new();
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_deps = line == "[dependencies]";
+        } else if in_deps
+            && let Some((name, _)) = line.split_once('=')
+            && !line.starts_with('#')
+        {
+            out.insert(name.trim().to_owned());
+        }
+    }
+    out
+}
+
+#[test]
+fn the_backends_and_the_agent_stay_apart() {
+    // The protocol crate is shared wire types: no I/O stack.
+    let protocol = runtime_dependencies("protocol");
+    for io in ["tokio", "hyper", "tokio-tungstenite", "warp"] {
+        assert!(!protocol.contains(io), "protocol depends on {io}");
+    }
+    // The backends speak to agents through the protocol only; the agent crate is at most a
+    // dev-dependency of theirs (tests run the real agent).
+    for backend in ["control-plane", "gateway"] {
+        let deps = runtime_dependencies(backend);
+        assert!(deps.contains("dtma-protocol"), "{backend}: {deps:?}");
+        assert!(!deps.contains("dtma"), "{backend} depends on the agent");
+    }
+    // The gateway's agent side is the control plane's engine, not a second copy.
+    assert!(runtime_dependencies("gateway").contains("dtma-control-plane"));
+    assert!(!runtime_dependencies("gateway").contains("tokio-tungstenite"));
+}

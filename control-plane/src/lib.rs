@@ -9,18 +9,32 @@
 //! - `POST /agents/{id}/exec` with an `exec` body (`{"command": "..."}`): the output streams back
 //!   as it arrives (raw text), ending with a `[dtma] exit ...` line; `?format=ndjson` gives the
 //!   events as JSON lines instead.
+//!
+//! These two routes have no operator authentication: they are for loopback and tests. The
+//! gateway (`gateway/`) uses this crate as its agent-side engine with them switched off
+//! ([`Options::operator_http`]), a [`TokenStore`] of its own, and its own operator API on top
+//! of [`ControlPlane::request_with_id`] and [`ControlPlane::agents`].
+//!
+//! # Layout
+//! - `auth`: the [`TokenStore`] seam agents are authenticated through.
+//! - this file: sessions (handshake, resume points, replacement), delivery (dedup by seq, acks,
+//!   credit as the consumer reads), the agent directory, the reference operator routes.
+
+pub mod auth;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
+pub use auth::{AgentGrant, StaticTokens, TokenStore, TokenStoreError};
 use base64::Engine as _;
 use bytes::Bytes;
 use dtma_protocol::{
     AgentMessage, BackendMessage, Control, Credit, Encoding, Exec, Hello, LogsFollow,
-    PROTOCOL_VERSION, Reconnect, Request, RequestBody, ResumePoint, Welcome, close_code,
+    PROTOCOL_VERSION, Reconnect, Request, RequestBody, ResumePoint, Status, Welcome, close_code,
 };
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
@@ -42,8 +56,13 @@ type Body = BoxBody<Bytes, Infallible>;
 /// How the reference backend behaves.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Bearer tokens agents may connect with.
+    /// Bearer tokens agents may connect with (any agent id), when `token_store` is not set.
     pub tokens: Vec<String>,
+    /// Where agent tokens are looked up instead of `tokens`.
+    pub token_store: Option<Arc<dyn TokenStore>>,
+    /// Serve the reference operator routes (`/agents`, `/agents/{id}/exec`, unauthenticated)
+    /// next to `/dtma/connect`. The gateway turns them off and serves its own API.
+    pub operator_http: bool,
     /// Credit limit of a new stream, in bytes.
     pub initial_credit: u64,
     /// `heartbeat_interval_ms` sent in `welcome`.
@@ -56,6 +75,8 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             tokens: Vec::new(),
+            token_store: None,
+            operator_http: true,
             initial_credit: 1 << 20,
             heartbeat_interval_ms: None,
             protocol_version: PROTOCOL_VERSION,
@@ -106,8 +127,30 @@ struct Slot {
     tx: mpsc::UnboundedSender<AgentMessage>,
 }
 
+/// What the backend knows of an agent that has connected at least once.
+#[derive(Debug, Clone)]
+pub struct AgentRecord {
+    pub agent_id: String,
+    /// True while a session of this agent is open.
+    pub connected: bool,
+    /// The latest session's id.
+    pub session_id: String,
+    /// The latest session's `hello`.
+    pub hello: Hello,
+    pub peer: SocketAddr,
+    pub connected_at: SystemTime,
+    /// When the latest session ended; `None` while connected.
+    pub disconnected_at: Option<SystemTime>,
+    /// When the latest `status` heartbeat arrived, and that heartbeat.
+    pub last_heartbeat: Option<SystemTime>,
+    pub status: Option<Status>,
+}
+
 struct Inner {
     opts: Options,
+    store: Arc<dyn TokenStore>,
+    /// Every agent seen since start, connected or not.
+    directory: Mutex<HashMap<String, AgentRecord>>,
     agents: Mutex<HashMap<String, Arc<Session>>>,
     changed: watch::Sender<u64>,
     /// Streams by (agent id, request id); they outlive sessions.
@@ -125,9 +168,15 @@ pub struct ControlPlane {
 
 impl ControlPlane {
     pub fn new(opts: Options) -> ControlPlane {
+        let store = opts
+            .token_store
+            .clone()
+            .unwrap_or_else(|| Arc::new(StaticTokens::new(opts.tokens.clone())));
         ControlPlane {
             inner: Arc::new(Inner {
                 opts,
+                store,
+                directory: Mutex::new(HashMap::new()),
                 agents: Mutex::new(HashMap::new()),
                 changed: watch::channel(0).0,
                 slots: Mutex::new(HashMap::new()),
@@ -215,6 +264,23 @@ impl ControlPlane {
     /// The session of agent `id`, when connected.
     pub fn session(&self, id: &str) -> Option<Arc<Session>> {
         lock(&self.inner.agents).get(id).cloned()
+    }
+
+    /// Every agent seen since start, sorted by id.
+    pub fn agents(&self) -> Vec<AgentRecord> {
+        let mut list: Vec<AgentRecord> = lock(&self.inner.directory).values().cloned().collect();
+        list.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+        list
+    }
+
+    /// What is known of agent `id`, if it has ever connected.
+    pub fn agent(&self, id: &str) -> Option<AgentRecord> {
+        lock(&self.inner.directory).get(id).cloned()
+    }
+
+    /// A receiver that changes whenever an agent connects or disconnects.
+    pub fn sessions_changed(&self) -> watch::Receiver<u64> {
+        self.inner.changed.subscribe()
     }
 
     /// Wait until agent `id` is connected and return its session.
@@ -367,8 +433,11 @@ impl ControlPlane {
     ) -> hyper::Response<Body> {
         let path = req.uri().path().to_owned();
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        if !self.inner.opts.operator_http && segments.as_slice() != ["dtma", "connect"] {
+            return text(StatusCode::NOT_FOUND, "not found\n".into());
+        }
         match (req.method(), segments.as_slice()) {
-            (&Method::GET, ["dtma", "connect"]) => self.upgrade(req, peer, stop),
+            (&Method::GET, ["dtma", "connect"]) => self.upgrade(req, peer, stop).await,
             (&Method::GET, ["agents"]) => {
                 let list: Vec<serde_json::Value> = lock(&self.inner.agents)
                     .values()
@@ -408,7 +477,7 @@ impl ControlPlane {
         }
     }
 
-    fn upgrade(
+    async fn upgrade(
         &self,
         req: hyper::Request<Incoming>,
         peer: SocketAddr,
@@ -420,10 +489,23 @@ impl ControlPlane {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::to_owned);
-        if !token.is_some_and(|t| self.inner.opts.tokens.contains(&t)) {
+        let grant = match token {
+            None => None,
+            Some(t) => match self.inner.store.lookup(&t).await {
+                Ok(g) => g,
+                Err(e) => {
+                    warn!(%peer, error = %e, "Agent not admitted: the token store failed.");
+                    return text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "token store unavailable\n".into(),
+                    );
+                }
+            },
+        };
+        let Some(grant) = grant else {
             warn!(%peer, "Agent refused: missing or unknown token.");
             return text(StatusCode::UNAUTHORIZED, "unknown agent token\n".into());
-        }
+        };
         let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
             return text(StatusCode::BAD_REQUEST, "not a WebSocket upgrade\n".into());
         };
@@ -437,7 +519,7 @@ impl ControlPlane {
                         None,
                     )
                     .await;
-                    cp.run_session(ws, peer, stop).await;
+                    cp.run_session(ws, peer, grant, stop).await;
                 }
                 Err(e) => warn!(%peer, error = %e, "Upgrade failed."),
             }
@@ -455,6 +537,7 @@ impl ControlPlane {
         &self,
         ws: WebSocketStream<S>,
         peer: SocketAddr,
+        grant: AgentGrant,
         stop: CancellationToken,
     ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -477,6 +560,21 @@ impl ControlPlane {
                 .send(close(
                     close_code::UNSUPPORTED_VERSION,
                     "unsupported protocol version",
+                ))
+                .await;
+            return;
+        }
+        if grant
+            .agent_id
+            .as_ref()
+            .is_some_and(|id| *id != hello.agent_id)
+        {
+            // The protocol has no close code of its own for this; the handshake is what failed.
+            warn!(%peer, agent_id = %hello.agent_id, "Agent refused: its token belongs to another agent id.");
+            let _ = sink
+                .send(close(
+                    close_code::PROTOCOL_ERROR,
+                    "the token does not belong to this agent_id",
                 ))
                 .await;
             return;
@@ -507,6 +605,17 @@ impl ControlPlane {
             resume,
         }));
         let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+        let record = AgentRecord {
+            agent_id: agent_id.clone(),
+            connected: true,
+            session_id: session_id.clone(),
+            hello: hello.clone(),
+            peer,
+            connected_at: SystemTime::now(),
+            disconnected_at: None,
+            last_heartbeat: None,
+            status: None,
+        };
         let session = Arc::new(Session {
             agent_id: agent_id.clone(),
             hello,
@@ -514,7 +623,19 @@ impl ControlPlane {
             tx,
         });
         session.send_json(&welcome);
-        let replaced = lock(&self.inner.agents).insert(agent_id.clone(), session.clone());
+        let replaced = {
+            let mut agents = lock(&self.inner.agents);
+            // Directory and session table change together, so a reader never sees a connected
+            // record without its session.
+            let mut directory = lock(&self.inner.directory);
+            let previous = directory.insert(agent_id.clone(), record);
+            if let (Some(prev), Some(rec)) = (previous, directory.get_mut(&agent_id)) {
+                // The last heartbeat stays known until the new session's first one.
+                rec.last_heartbeat = prev.last_heartbeat;
+                rec.status = prev.status;
+            }
+            agents.insert(agent_id.clone(), session.clone())
+        };
         if let Some(old) = replaced {
             // A newer session for the same agent wins: the old one is stale.
             let _ = old
@@ -574,6 +695,10 @@ impl ControlPlane {
                 .is_some_and(|s| s.session_id == session_id)
             {
                 agents.remove(&agent_id);
+                if let Some(rec) = lock(&self.inner.directory).get_mut(&agent_id) {
+                    rec.connected = false;
+                    rec.disconnected_at = Some(SystemTime::now());
+                }
             }
         }
         self.inner.changed.send_modify(|v| *v += 1);
@@ -599,12 +724,32 @@ impl ControlPlane {
             AgentMessage::Result(m) => (m.id.clone(), m.seq, true),
             AgentMessage::Error(m) => match (&m.id, m.seq) {
                 (Some(id), Some(seq)) => (id.clone(), seq, true),
+                (Some(id), None) => {
+                    self.refused(session, id, &msg);
+                    let _ = self.inner.notices.send((session.agent_id.clone(), msg));
+                    return None;
+                }
                 _ => {
                     let _ = self.inner.notices.send((session.agent_id.clone(), msg));
                     return None;
                 }
             },
-            AgentMessage::State(_) | AgentMessage::Status(_) | AgentMessage::Hello(_) => {
+            AgentMessage::State(s) => {
+                self.refused(session, &s.id, &msg);
+                let _ = self.inner.notices.send((session.agent_id.clone(), msg));
+                return None;
+            }
+            AgentMessage::Status(s) => {
+                if let Some(rec) = lock(&self.inner.directory).get_mut(&session.agent_id)
+                    && rec.session_id == session.session_id
+                {
+                    rec.last_heartbeat = Some(SystemTime::now());
+                    rec.status = Some(s.clone());
+                }
+                let _ = self.inner.notices.send((session.agent_id.clone(), msg));
+                return None;
+            }
+            AgentMessage::Hello(_) => {
                 let _ = self.inner.notices.send((session.agent_id.clone(), msg));
                 return None;
             }
@@ -639,7 +784,24 @@ impl ControlPlane {
     }
 }
 
-/// The events of one request, in order, each exactly once.
+impl ControlPlane {
+    /// A request that never became a stream (unsequenced `error` with its id) or whose id the
+    /// agent had already seen (`state`): the requester gets that answer as the stream's last
+    /// message, so nobody waits for events that will never come. A stream that has delivered
+    /// events already is left alone (a `state` for a resend must not end the original).
+    fn refused(&self, session: &Session, id: &str, msg: &AgentMessage) {
+        let key = (session.agent_id.clone(), id.to_owned());
+        let mut slots = lock(&self.inner.slots);
+        if slots.get(&key).is_some_and(|s| s.highest.is_none())
+            && let Some(slot) = slots.remove(&key)
+        {
+            let _ = slot.tx.send(msg.clone());
+        }
+    }
+}
+
+/// The events of one request, in order, each exactly once. A request the agent refused
+/// (unsequenced `error`) or had already seen (`state`) yields that one message and ends.
 pub struct StreamRx {
     cp: ControlPlane,
     agent: String,

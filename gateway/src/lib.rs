@@ -1,0 +1,165 @@
+//! dtma-gateway: holds DTMA agents' WebSocket connections and gives operators (the backend, a
+//! console) an HTTP API to them. See gateway/README.md.
+//!
+//! # Layout
+//! - `config`: [`Config`], built once from flags, environment and a TOML file.
+//! - `tokens`: the agent token file, a [`dtma_control_plane::TokenStore`].
+//! - `streams`: each operator request's events, buffered (bounded) for attach and resume.
+//! - `http`: the operator API (routes, auth, SSE/NDJSON/buffered bodies, errors).
+//! - this file: wiring. The agent side is the `dtma-control-plane` engine on its own listener.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod http;
+pub mod streams;
+pub mod tokens;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use dtma_control_plane::{ControlPlane, Options};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::info;
+
+pub use config::Config;
+use streams::Streams;
+use tokens::FileTokenStore;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] config::Error),
+    #[error(transparent)]
+    Tokens(#[from] tokens::Error),
+    #[error("operator token #{0} is also an agent token: operator and agent tokens must differ")]
+    SharedToken(usize),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A started gateway.
+pub struct Running {
+    agent_addr: SocketAddr,
+    operator_addr: SocketAddr,
+    cp: ControlPlane,
+    streams: Streams,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+    agent_server: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Where agents connect (`ws://ADDR/dtma/connect`).
+    pub fn agent_addr(&self) -> SocketAddr {
+        self.agent_addr
+    }
+
+    /// Where the operator API listens.
+    pub fn operator_addr(&self) -> SocketAddr {
+        self.operator_addr
+    }
+
+    /// The agent-side engine (its directory, sessions, counters).
+    pub fn control_plane(&self) -> &ControlPlane {
+        &self.cp
+    }
+
+    pub fn streams(&self) -> &Streams {
+        &self.streams
+    }
+
+    /// Wait until `shutdown` (given to [`start`]) is cancelled and everything has stopped.
+    pub async fn join(self) {
+        self.stop.cancelled().await;
+        self.tasks.close();
+        self.tasks.wait().await;
+        let _ = self.agent_server.await;
+        info!("Gateway stopped.");
+    }
+}
+
+/// Bind both listeners and start serving. Everything stops when `shutdown` is cancelled: the
+/// listeners, agent sessions, operator streams (their bodies end) and retention timers.
+pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, StartError> {
+    config.validate()?;
+    let store = FileTokenStore::load(&config.agent_tokens)?;
+    if let Some(i) = config
+        .operator_tokens
+        .iter()
+        .position(|t| store.contains(t.expose()))
+    {
+        return Err(StartError::SharedToken(i + 1));
+    }
+    let agent_tokens = store.len();
+    let cp = ControlPlane::new(Options {
+        token_store: Some(Arc::new(store)),
+        operator_http: false,
+        initial_credit: config.streams.initial_credit,
+        heartbeat_interval_ms: config
+            .heartbeat_interval
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        ..Options::default()
+    });
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })
+    };
+    let agent_listener = bind(config.agent_listen).await?;
+    let operator_listener = bind(config.operator_listen).await?;
+    let local = |l: &TcpListener, addr| {
+        l.local_addr()
+            .map_err(|source| StartError::Bind { addr, source })
+    };
+    let agent_addr = local(&agent_listener, config.agent_listen)?;
+    let operator_addr = local(&operator_listener, config.operator_listen)?;
+
+    let tasks = TaskTracker::new();
+    let agent_server = cp.serve(agent_listener, shutdown.child_token());
+    let streams = Streams::new(
+        cp.clone(),
+        config.streams.clone(),
+        shutdown.child_token(),
+        tasks.clone(),
+    );
+    let api = http::Api::new(
+        cp.clone(),
+        streams.clone(),
+        config
+            .operator_tokens
+            .iter()
+            .map(|t| tokens::digest(t.expose()))
+            .collect(),
+        config.streams.wait_output_bytes,
+        shutdown.child_token(),
+    );
+    http::serve(Arc::new(api), operator_listener, tasks.clone());
+    info!(
+        %agent_addr,
+        %operator_addr,
+        agent_tokens,
+        operator_tokens = config.operator_tokens.len(),
+        "Gateway listening: agents on ws://{agent_addr}/dtma/connect, operators on http://{operator_addr}/v1/."
+    );
+    Ok(Running {
+        agent_addr,
+        operator_addr,
+        cp,
+        streams,
+        stop: shutdown,
+        tasks,
+        agent_server,
+    })
+}
+
+/// [`start`], then [`Running::join`].
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
+    start(config, shutdown).await?.join().await;
+    Ok(())
+}

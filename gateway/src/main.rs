@@ -1,0 +1,58 @@
+//! `dtma-gateway`: flags and config into one value, logging, signals, then `dtma_gateway::run`.
+#![forbid(unsafe_code)]
+
+use clap::Parser;
+use dtma_gateway::config::{Args, Config, LogFormat};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let config = match Config::load(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("dtma-gateway: {e}");
+            return std::process::ExitCode::from(64);
+        }
+    };
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Text => fmt.init(),
+        LogFormat::Json => fmt.json().init(),
+    }
+    tracing::info!(?config, "Starting.");
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    match dtma_gateway::run(config, shutdown).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "Cannot start.");
+            std::process::ExitCode::from(match e {
+                dtma_gateway::StartError::Bind { .. } => 69,
+                _ => 64,
+            })
+        }
+    }
+}
+
+/// SIGTERM or SIGINT: stop (agents are not told to move yet; that is the drain slice).
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("Cannot install signal handlers; stop with SIGKILL.");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("Stopping.");
+    shutdown.cancel();
+}

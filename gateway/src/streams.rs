@@ -1,0 +1,507 @@
+//! Operator streams: each request's events, buffered (bounded) so that HTTP clients can attach,
+//! drop and resume by position without gaps or duplicates.
+//!
+//! A request sent through the gateway gets one [`Stream`] keyed by `(agent id, request id)`.
+//! A pump task reads the engine's [`StreamRx`] (events exactly once, in `seq` order) into the
+//! stream's buffer; any number of [`Cursor`]s read the buffer from a position. Credit follows
+//! the pump, and the pump follows the readers: when the buffer is full of events no client has
+//! been sent, the pump stops reading, the engine stops granting credit and the agent pauses the
+//! command. Events that a client has been sent are the first to go when the buffer is full, so
+//! a client that drops its connection can resume as long as what it missed is still held
+//! (else `410 events_evicted`). An ended stream is kept for the retention time, then forgotten.
+//!
+//! Positions are the protocol's `seq`. A request the agent refused before it became a stream
+//! (unsequenced `error`) or whose id it had already seen (`state`) gives a stream of that one
+//! message at position 0.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use dtma_control_plane::{ControlPlane, StreamRx};
+use dtma_protocol::{AgentMessage, RequestBody};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info};
+
+use crate::config::StreamSettings;
+
+/// One buffered event.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// The protocol's `seq` (0 for a refusal without one).
+    pub seq: u64,
+    /// The message's `type` (`started`, `output`, `exit`, ...).
+    pub kind: &'static str,
+    /// The message as the agent sent it, as compact JSON (one line).
+    pub json: Bytes,
+    /// The decoded message, for callers that collect (the buffered answer).
+    pub message: Arc<AgentMessage>,
+    /// True for the last event of the stream.
+    pub terminal: bool,
+}
+
+/// Why a request could not be opened or attached.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("agent `{0}` has never connected to this gateway")]
+    UnknownAgent(String),
+    #[error("agent `{0}` is not connected")]
+    AgentOffline(String),
+    #[error("request id `{0}` is in use by a different request")]
+    IdConflict(String),
+    #[error("the gateway holds its maximum of {0} streams")]
+    TooManyStreams(usize),
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
+}
+
+/// Why a cursor could not be placed.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("no request `{1}` of agent `{0}` is held (unknown, or ended and past its retention)")]
+    UnknownRequest(String, String),
+    #[error("events before {first_held} are no longer held")]
+    Evicted { first_held: u64 },
+}
+
+/// Every operator stream of this gateway.
+#[derive(Clone)]
+pub struct Streams {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cp: ControlPlane,
+    settings: StreamSettings,
+    map: Mutex<HashMap<(String, String), Arc<Stream>>>,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// The outcome of [`Streams::open`].
+pub struct Opened {
+    pub stream: Arc<Stream>,
+    /// False when the request id was already held: the caller attached to that stream.
+    pub created: bool,
+}
+
+impl Streams {
+    pub fn new(
+        cp: ControlPlane,
+        settings: StreamSettings,
+        stop: CancellationToken,
+        tasks: TaskTracker,
+    ) -> Streams {
+        Streams {
+            inner: Arc::new(Inner {
+                cp,
+                settings,
+                map: Mutex::new(HashMap::new()),
+                stop,
+                tasks,
+            }),
+        }
+    }
+
+    /// Send `body` to `agent` as request `id`, or attach to the stream already holding that id
+    /// (the same body again: idempotent; a different one: [`OpenError::IdConflict`]).
+    pub fn open(
+        &self,
+        agent: &str,
+        id: String,
+        expires_at: Option<String>,
+        body: RequestBody,
+    ) -> Result<Opened, OpenError> {
+        let key = (agent.to_owned(), id.clone());
+        // Held across the send, so that two requests with one id cannot both reach the agent.
+        let mut map = lock(&self.inner.map);
+        if let Some(stream) = map.get(&key) {
+            if stream.body != body {
+                return Err(OpenError::IdConflict(id));
+            }
+            return Ok(Opened {
+                stream: stream.clone(),
+                created: false,
+            });
+        }
+        if self.inner.stop.is_cancelled() {
+            return Err(OpenError::ShuttingDown);
+        }
+        if map.len() >= self.inner.settings.max_streams {
+            return Err(OpenError::TooManyStreams(self.inner.settings.max_streams));
+        }
+        match self.inner.cp.agent(agent) {
+            None => return Err(OpenError::UnknownAgent(agent.to_owned())),
+            Some(rec) if !rec.connected => return Err(OpenError::AgentOffline(agent.to_owned())),
+            Some(_) => {}
+        }
+        let kind = body.kind();
+        let rx = self
+            .inner
+            .cp
+            .request_with_id(agent, id.clone(), expires_at, body.clone())
+            .map_err(|_| OpenError::AgentOffline(agent.to_owned()))?;
+        let stream = Arc::new(Stream {
+            agent: agent.to_owned(),
+            id: id.clone(),
+            body,
+            buf: Mutex::new(Buf::default()),
+            changed: watch::channel(0).0,
+            cap: self.inner.settings.buffer_bytes,
+        });
+        map.insert(key.clone(), stream.clone());
+        drop(map);
+        info!(agent_id = %agent, request_id = %id, kind, "Request sent.");
+        let streams = self.clone();
+        let pumped = stream.clone();
+        self.inner.tasks.spawn(async move {
+            pumped.pump(rx, &streams.inner.stop).await;
+            // Ended (or stopping): keep it for late readers and idempotent repeats, then forget.
+            tokio::select! {
+                _ = streams.inner.stop.cancelled() => {}
+                _ = tokio::time::sleep(streams.inner.settings.retention) => {}
+            }
+            lock(&streams.inner.map).remove(&key);
+            debug!(agent_id = %key.0, request_id = %key.1, "Stream forgotten.");
+        });
+        Ok(Opened {
+            stream,
+            created: true,
+        })
+    }
+
+    /// The stream of request `id` of `agent`, while held.
+    pub fn get(&self, agent: &str, id: &str) -> Result<Arc<Stream>, AttachError> {
+        lock(&self.inner.map)
+            .get(&(agent.to_owned(), id.to_owned()))
+            .cloned()
+            .ok_or_else(|| AttachError::UnknownRequest(agent.to_owned(), id.to_owned()))
+    }
+
+    /// Streams held now (running or retained).
+    pub fn len(&self) -> usize {
+        lock(&self.inner.map).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The token that ends every cursor and pump.
+    pub fn stop_token(&self) -> &CancellationToken {
+        &self.inner.stop
+    }
+}
+
+/// One request's events.
+pub struct Stream {
+    pub agent: String,
+    pub id: String,
+    body: RequestBody,
+    buf: Mutex<Buf>,
+    /// Bumped on every change (event appended, end, reader progress).
+    changed: watch::Sender<u64>,
+    cap: usize,
+}
+
+#[derive(Default)]
+struct Buf {
+    events: VecDeque<Event>,
+    bytes: usize,
+    /// The position the next event gets.
+    next: u64,
+    /// The lowest position still held (everything below was evicted).
+    first_held: u64,
+    /// The highest position handed to any client.
+    sent: Option<u64>,
+    ended: bool,
+}
+
+impl Buf {
+    /// Drop events a client has been sent while over the cap.
+    fn evict(&mut self, cap: usize) {
+        while self.bytes > cap
+            && let Some(front) = self.events.front()
+            && self.sent.is_some_and(|s| front.seq <= s)
+        {
+            self.bytes -= front.json.len();
+            self.events.pop_front();
+            self.first_held = self.events.front().map_or(self.next, |e| e.seq);
+        }
+    }
+}
+
+impl Stream {
+    /// A cursor from position `from` (0: the start; `Last-Event-ID` + 1 to resume).
+    pub fn cursor(self: &Arc<Self>, from: u64) -> Result<Cursor, AttachError> {
+        let rx = self.changed.subscribe();
+        let buf = lock(&self.buf);
+        if from < buf.first_held {
+            return Err(AttachError::Evicted {
+                first_held: buf.first_held,
+            });
+        }
+        drop(buf);
+        Ok(Cursor {
+            stream: self.clone(),
+            next: from,
+            rx,
+        })
+    }
+
+    /// True once the terminal event is buffered.
+    pub fn ended(&self) -> bool {
+        lock(&self.buf).ended
+    }
+
+    async fn pump(&self, mut rx: StreamRx, stop: &CancellationToken) {
+        let mut changes = self.changed.subscribe();
+        loop {
+            // Wait for room: readers advance `sent`, which lets eviction free it.
+            loop {
+                if lock(&self.buf).bytes < self.cap {
+                    break;
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = changes.changed() => if r.is_err() { return },
+                }
+            }
+            let message = tokio::select! {
+                _ = stop.cancelled() => return,
+                m = rx.recv() => m,
+            };
+            let Some(message) = message else {
+                // The engine dropped the stream without a terminal event.
+                self.end();
+                return;
+            };
+            if self.append(message) {
+                return;
+            }
+        }
+    }
+
+    /// Buffer one message; true when it ended the stream.
+    fn append(&self, message: AgentMessage) -> bool {
+        let (seq, kind, terminal) = describe(&message);
+        let json = Bytes::from(serde_json::to_vec(&message).unwrap_or_default());
+        let mut buf = lock(&self.buf);
+        let seq = seq.unwrap_or(buf.next);
+        buf.next = seq + 1;
+        buf.bytes += json.len();
+        buf.events.push_back(Event {
+            seq,
+            kind,
+            json,
+            message: Arc::new(message),
+            terminal,
+        });
+        buf.ended |= terminal;
+        buf.evict(self.cap);
+        drop(buf);
+        self.changed.send_modify(|v| *v += 1);
+        terminal
+    }
+
+    fn end(&self) {
+        lock(&self.buf).ended = true;
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// A client was handed the event at `seq`.
+    fn sent(&self, seq: u64) {
+        let mut buf = lock(&self.buf);
+        if buf.sent.is_none_or(|s| s < seq) {
+            buf.sent = Some(seq);
+            buf.evict(self.cap);
+            drop(buf);
+            self.changed.send_modify(|v| *v += 1);
+        }
+    }
+}
+
+/// A reader of one stream from a position on.
+pub struct Cursor {
+    stream: Arc<Stream>,
+    next: u64,
+    rx: watch::Receiver<u64>,
+}
+
+/// What [`Cursor::next`] found.
+#[derive(Debug)]
+pub enum Next {
+    Event(Event),
+    /// The stream ended and every event up to its end was read.
+    End,
+    /// Events this cursor needs were evicted (it fell too far behind).
+    Evicted {
+        first_held: u64,
+    },
+}
+
+impl Cursor {
+    /// The next event; waits while there is none yet.
+    pub async fn next(&mut self, stop: &CancellationToken) -> Option<Next> {
+        loop {
+            {
+                let buf = lock(&self.stream.buf);
+                if self.next < buf.first_held {
+                    return Some(Next::Evicted {
+                        first_held: buf.first_held,
+                    });
+                }
+                let found = buf.events.iter().find(|e| e.seq >= self.next).cloned();
+                if let Some(e) = found {
+                    drop(buf);
+                    self.next = e.seq + 1;
+                    self.stream.sent(e.seq);
+                    return Some(Next::Event(e));
+                }
+                if buf.ended {
+                    return Some(Next::End);
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return None,
+                r = self.rx.changed() => if r.is_err() { return None },
+            }
+        }
+    }
+}
+
+/// `seq`, `type` and whether it ends the stream.
+fn describe(m: &AgentMessage) -> (Option<u64>, &'static str, bool) {
+    match m {
+        AgentMessage::Started(x) => (Some(x.seq), "started", false),
+        AgentMessage::Output(x) => (Some(x.seq), "output", false),
+        AgentMessage::Progress(x) => (Some(x.seq), "progress", false),
+        AgentMessage::McpEvent(x) => (Some(x.seq), "mcp_event", false),
+        AgentMessage::Exit(x) => (Some(x.seq), "exit", true),
+        AgentMessage::Result(x) => (Some(x.seq), "result", true),
+        AgentMessage::Error(x) => (x.seq, "error", true),
+        AgentMessage::State(_) => (None, "state", true),
+        AgentMessage::Status(_) => (None, "status", false),
+        AgentMessage::Hello(_) => (None, "hello", false),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dtma_protocol::{Encoding, Exit, Fd, Output, Ping};
+
+    fn stream(cap: usize) -> Arc<Stream> {
+        Arc::new(Stream {
+            agent: "a".into(),
+            id: "r".into(),
+            body: RequestBody::Ping(Ping {}),
+            buf: Mutex::new(Buf::default()),
+            changed: watch::channel(0).0,
+            cap,
+        })
+    }
+
+    fn output(seq: u64) -> AgentMessage {
+        AgentMessage::Output(Output {
+            id: "r".into(),
+            seq,
+            fd: Fd::Stdout,
+            encoding: Encoding::Utf8,
+            data: "x".repeat(100),
+        })
+    }
+
+    fn exit(seq: u64) -> AgentMessage {
+        AgentMessage::Exit(Exit {
+            id: "r".into(),
+            seq,
+            exit_code: Some(0),
+            signal: None,
+            timed_out: false,
+            cancelled: false,
+            killed_with: None,
+            duration_ms: 1,
+            stdout_bytes: 0,
+            stderr_bytes: 0,
+            truncated: false,
+        })
+    }
+
+    async fn next_seq(c: &mut Cursor) -> u64 {
+        match c.next(&CancellationToken::new()).await {
+            Some(Next::Event(e)) => e.seq,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn unsent_events_are_never_evicted_and_sent_ones_go_first() {
+        let s = stream(300);
+        for seq in 0..3 {
+            assert!(!s.append(output(seq)));
+        }
+        // Over the cap, but no client has been sent anything: all held (the pump waits).
+        assert!(lock(&s.buf).bytes > 300);
+        assert_eq!(lock(&s.buf).events.len(), 3);
+        let mut c = s.cursor(0).expect("from the start");
+        assert_eq!(next_seq(&mut c).await, 0);
+        // Seq 0 was sent: it is the one evicted.
+        assert_eq!(lock(&s.buf).first_held, 1);
+        match s.cursor(0) {
+            Err(AttachError::Evicted { first_held }) => assert_eq!(first_held, 1),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        // Resuming after what was read still works, without duplicates.
+        let mut resumed = s.cursor(1).expect("held");
+        assert_eq!(next_seq(&mut resumed).await, 1);
+        assert_eq!(next_seq(&mut resumed).await, 2);
+        // "Sent" is per stream, not per client: the first cursor, left behind at seq 1 while
+        // the buffer was over its cap, is told that it fell behind.
+        match c.next(&CancellationToken::new()).await {
+            Some(Next::Evicted { first_held }) => assert_eq!(first_held, 2),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cursor_waits_for_events_and_sees_the_end() {
+        let s = stream(1 << 20);
+        let mut c = s.cursor(0).expect("from the start");
+        let reader = tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            loop {
+                match c.next(&CancellationToken::new()).await {
+                    Some(Next::Event(e)) => seqs.push((e.seq, e.kind, e.terminal)),
+                    Some(Next::End) => return seqs,
+                    other => panic!("{other:?}"),
+                }
+            }
+        });
+        s.append(output(0));
+        s.append(output(1));
+        assert!(s.append(exit(2)));
+        assert!(s.ended());
+        let seqs = reader.await.expect("reader");
+        assert_eq!(
+            seqs,
+            vec![
+                (0, "output", false),
+                (1, "output", false),
+                (2, "exit", true)
+            ]
+        );
+        // A reader after the end, resuming past the last event, ends at once.
+        let mut late = s.cursor(3).expect("nothing evicted");
+        assert!(matches!(
+            late.next(&CancellationToken::new()).await,
+            Some(Next::End)
+        ));
+    }
+}
