@@ -17,8 +17,8 @@ ARG DTMA_GIT_COMMIT=unknown
 ENV DTMA_GIT_COMMIT=${DTMA_GIT_COMMIT}
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --bin dtma \
- && strip target/release/dtma
+RUN cargo build --release --locked --bin dtma --bin dtma-sandbox \
+ && strip target/release/dtma target/release/dtma-sandbox
 
 # debian:bookworm-slim, not distroless: commands run through /bin/sh with the tools an operator
 # expects (grep, sed, awk from the base; ps and ss added), and useradd makes the sandbox's users.
@@ -33,7 +33,7 @@ RUN groupadd --system --gid 990 dtma-diagnostics \
  && useradd --system --uid 991 --gid 991 --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin --comment "dtma sandbox (operator)" dtma-operator \
  && install -d -m 0700 /etc/dtma /var/log/dtma
-COPY --from=build /src/target/release/dtma /usr/local/bin/dtma
+COPY --from=build /src/target/release/dtma /src/target/release/dtma-sandbox /usr/local/bin/
 ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     DTMA_LISTEN=0.0.0.0:30000
 EXPOSE 30000

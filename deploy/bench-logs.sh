@@ -30,7 +30,7 @@ if ! docker info >/dev/null 2>&1; then
   exit 1
 fi
 
-cargo build --release --bin dtma --bin dtma-test-mcp --example bench_logs
+cargo build --release --bin dtma --bin dtma-sandbox --bin dtma-test-mcp --example bench_logs
 
 args=()
 [ -n "${BENCH_NO_WRITE:-}" ] || args=(--write BENCHMARKS.md)

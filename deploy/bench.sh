@@ -29,7 +29,7 @@ if [ ! -x /usr/sbin/sshd ] || ! command -v ssh >/dev/null || ! command -v ssh-ke
   fi
 fi
 
-cargo build --release --bin dtma --example bench
+cargo build --release --bin dtma --bin dtma-sandbox --example bench
 
 args=()
 [ -n "${BENCH_NO_WRITE:-}" ] || args=(--write BENCHMARKS.md)

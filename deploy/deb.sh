@@ -20,7 +20,7 @@ target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,s
 mkdir -p "$target/debian"
 exec 9>"$target/debian/.deb.sh.lock"
 flock 9
-cargo build --release --locked --bin dtma >&2
+cargo build --release --locked --bin dtma --bin dtma-sandbox >&2
 out=$target/release/completions
 mkdir -p "$out"
 "$target/release/dtma" completions bash >"$out/dtma.bash"

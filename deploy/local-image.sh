@@ -82,9 +82,16 @@ libraries() {
     if [[ $path == /* ]]; then printf '%s\t%s\n' "$path" "$path"; fi
   done <<<"$out"
 }
+# The small sandbox launcher beside the agent (src/bin/dtma-sandbox.rs), when it was built; the
+# agent falls back to `dtma sandbox-exec` without it.
+launcher=$(dirname "$agent")/dtma-sandbox
 files=$(
   {
     printf '%s\t%s\n' "$agent" "$in_image"
+    if [ -f "$launcher" ]; then
+      printf '%s\t%s\n' "$launcher" "$(dirname "$in_image")/dtma-sandbox"
+      libraries "$launcher"
+    fi
     printf '%s\t%s\n' "$busybox" "$busybox"
     libraries "$agent"
     libraries "$busybox"

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl >/dev/null; }
-cargo build --release --bin dtma --example control_plane
+cargo build --release --bin dtma --bin dtma-sandbox --example control_plane
 port=${CP_PORT:-18080}
 token=quickstart-$RANDOM$RANDOM
 log=$(mktemp -d)

@@ -743,3 +743,27 @@ fn the_unprivileged_profiles_cannot_reach_the_docker_socket() {
     }
     assert_eq!(text(&sandboxed("admin", &[], &connect)), "connected\n");
 }
+
+/// The small launcher (`dtma-sandbox`, which an installed agent uses when it sits beside it)
+/// takes the same arguments as `dtma sandbox-exec` and applies the same profile.
+#[test]
+fn the_small_launcher_is_the_same_launcher() {
+    let uid = diagnostics_user();
+    let script = "id -u; echo x > /etc/dtma-small-launcher-test";
+    for lead in [&[][..], &["sandbox-exec"][..]] {
+        let out = Command::new(DTMA_SANDBOX)
+            .args(lead)
+            .args(["--profile", "diagnostics", "--", "/bin/sh", "-c", script])
+            .output()
+            .unwrap();
+        let t = text(&out);
+        assert!(t.starts_with(&format!("{uid}\n")), "{lead:?}: {t}");
+        assert!(t.contains("Permission denied"), "{lead:?}: {t}");
+    }
+    assert!(!Path::new("/etc/dtma-small-launcher-test").exists());
+    let out = Command::new(DTMA_SANDBOX)
+        .args(["--profile", "root", "--", "/bin/true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}

@@ -255,8 +255,10 @@ fn confine(launch: &Launch) -> Result<(), Error> {
         false => Vec::new(),
     };
     hidden.extend(launch.protect.iter().cloned());
+    // The agent's binaries: this launcher, and the agent and launcher beside it.
     let mut read_only: Vec<PathBuf> = UNITS.iter().map(PathBuf::from).collect();
     if let Ok(me) = std::env::current_exe() {
+        read_only.extend(["dtma", "dtma-sandbox"].map(|name| me.with_file_name(name)));
         read_only.push(me);
     }
     let hidden = canonical(&hidden);

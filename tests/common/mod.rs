@@ -72,13 +72,16 @@ pub fn fast_channel(url: String) -> ChannelConfig {
 /// The built agent binary: the sandbox launcher of in-process agents (whose own executable is
 /// the test binary).
 pub const DTMA: &str = env!("CARGO_BIN_EXE_dtma");
+/// The small launcher (`src/bin/dtma-sandbox.rs`), as an installed agent finds it beside itself.
+pub const DTMA_SANDBOX: &str = env!("CARGO_BIN_EXE_dtma-sandbox");
 
 /// An agent's configuration for tests: the seed token, the local API on 127.0.0.1:0, and the
-/// kernel sandbox on (the default) with the built binary as its launcher and its users present.
+/// kernel sandbox on (the default) with the small launcher as an installed agent finds it, and
+/// the profiles' users present.
 pub fn local_agent_config() -> Config {
     let mut c = Config::for_channel(TOKEN, None);
     c.listen = "127.0.0.1:0".parse().unwrap();
-    c.exec.sandbox.launcher = DTMA.into();
+    c.exec.sandbox.launcher = DTMA_SANDBOX.into();
     system_user("dtma-diagnostics");
     system_user("dtma-operator");
     c
