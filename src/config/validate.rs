@@ -161,7 +161,7 @@ impl Resolved {
             ..AuditConfig::default()
         };
         let extra_tokens = c.tokens();
-        // The agent's own files, carved out of what sandboxed commands may read and write.
+        // The agent's own files, masked from sandboxed commands (neither read nor written).
         let mut protect: Vec<PathBuf> = [
             s.credentials_directory.clone(),
             s.bearer_token_file.clone(),
