@@ -22,6 +22,9 @@ command -v debootstrap >/dev/null || need_apt+=(debootstrap)
 command -v shellcheck >/dev/null || need_apt+=(shellcheck)
 command -v dpkg-shlibdeps >/dev/null || need_apt+=(dpkg-dev)
 python3 -c 'import yaml' 2>/dev/null || need_apt+=(python3-yaml)
+# gateway/tests/console.rs drives the web console in headless chromium through chromedriver.
+command -v chromium >/dev/null || need_apt+=(chromium)
+command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi

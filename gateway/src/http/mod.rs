@@ -7,7 +7,9 @@
 //! - `GET /v1/agents`, `GET /v1/agents/{agent_id}`: the directory.
 //! - `POST /v1/agents/{agent_id}/requests`: send a protocol request; its events stream back.
 //! - `GET /v1/agents/{agent_id}/requests/{request_id}/events`: attach or resume.
+//! - `GET /console`, `/console/app.js`, `/console/app.css` (no auth): the web console.
 
+pub mod console;
 pub mod error;
 pub mod events;
 
@@ -46,6 +48,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/agents/{agent_id}"),
     ("POST", "/v1/agents/{agent_id}/requests"),
     ("GET", "/v1/agents/{agent_id}/requests/{request_id}/events"),
+    ("GET", "/console"),
+    ("GET", "/console/app.js"),
+    ("GET", "/console/app.css"),
 ];
 
 /// A request body above this is refused (the agent's default frame limit).
@@ -127,6 +132,15 @@ async fn route(
     let result = match segments.as_slice() {
         ["healthz"] => only(&req, Method::GET)
             .map(|()| json(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
+        ["console", rest @ ..] => only(&req, Method::GET).and_then(|()| {
+            let name = match rest {
+                [] => Some(""),
+                [name] => Some(*name),
+                _ => None,
+            };
+            name.and_then(console::file)
+                .ok_or_else(|| ApiError::NoRoute(path.clone()))
+        }),
         ["v1", rest @ ..] => match authorize(api, req.headers()) {
             Err(e) => Err(e),
             Ok(()) => match rest {
