@@ -61,27 +61,9 @@ dtma-diagnostics:x:990:
 dtma-operator:x:991:
 nogroup:x:65534:'
 
-# "source<TAB>path in the image" lines: the agent, busybox and every shared library ldd lists
-# for them, at the same paths (the dynamic loader included: binaries name it by absolute path).
-libraries() {
-  local out
-  if ! out=$(ldd "$1" 2>&1); then
-    case $out in
-      *"not a dynamic executable"* | *"statically linked"*) return 0 ;;
-      *) die "ldd $1 failed: $out" ;;
-    esac
-  fi
-  case $out in *"statically linked"*) return 0 ;; esac
-  while IFS= read -r line; do
-    case $line in *"not found"*) die "ldd $1: $line" ;; esac
-    if [[ $line == *"=>"* ]]; then
-      path=$(awk -F'=>' '{ split($2, w, " "); print w[1] }' <<<"$line")
-    else
-      path=$(awk '{ print $1 }' <<<"$line")
-    fi
-    if [[ $path == /* ]]; then printf '%s\t%s\n' "$path" "$path"; fi
-  done <<<"$out"
-}
+# `libraries BINARY`: the shared libraries a binary needs, as image lines.
+# shellcheck source=deploy/rootfs-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/rootfs-lib.sh"
 # The small sandbox launcher beside the agent (src/bin/dtma-sandbox.rs), when it was built; the
 # agent falls back to `dtma sandbox-exec` without it.
 launcher=$(dirname "$agent")/dtma-sandbox
