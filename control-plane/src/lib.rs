@@ -146,6 +146,20 @@ pub struct AgentRecord {
     pub status: Option<Status>,
 }
 
+/// A change to the agent directory ([`ControlPlane::directory_events`]).
+#[derive(Debug, Clone)]
+pub enum DirectoryEvent {
+    /// A session opened (a new agent, a reconnect, or a replacement of the agent's session).
+    Connected(AgentRecord),
+    /// The agent's session ended and no newer one replaced it.
+    Disconnected(AgentRecord),
+    /// A `status` heartbeat arrived; `previous` is the one before it (of any session).
+    Heartbeat {
+        previous: Option<Box<Status>>,
+        record: AgentRecord,
+    },
+}
+
 struct Inner {
     opts: Options,
     store: Arc<dyn TokenStore>,
@@ -156,6 +170,7 @@ struct Inner {
     /// Streams by (agent id, request id); they outlive sessions.
     slots: Mutex<HashMap<(String, String), Slot>>,
     notices: broadcast::Sender<(String, AgentMessage)>,
+    directory_events: broadcast::Sender<DirectoryEvent>,
     next_id: AtomicU64,
     stats: Stats,
 }
@@ -181,6 +196,7 @@ impl ControlPlane {
                 changed: watch::channel(0).0,
                 slots: Mutex::new(HashMap::new()),
                 notices: broadcast::channel(4096).0,
+                directory_events: broadcast::channel(4096).0,
                 next_id: AtomicU64::new(1),
                 stats: Stats::default(),
             }),
@@ -314,6 +330,13 @@ impl ControlPlane {
     /// Unsequenced messages from agents (errors without seq, state, status).
     pub fn notices(&self) -> broadcast::Receiver<(String, AgentMessage)> {
         self.inner.notices.subscribe()
+    }
+
+    /// Changes to the agent directory as they happen: connects, disconnects and heartbeats. A
+    /// receiver that lags (more than 4096 behind) gets `RecvError::Lagged` and should re-read
+    /// [`ControlPlane::agents`].
+    pub fn directory_events(&self) -> broadcast::Receiver<DirectoryEvent> {
+        self.inner.directory_events.subscribe()
     }
 
     /// Send a request; its events arrive on the returned stream.
@@ -643,6 +666,12 @@ impl ControlPlane {
                 .send(close(close_code::REPLACED, "replaced by a newer session"));
         }
         self.inner.changed.send_modify(|v| *v += 1);
+        if let Some(rec) = self.agent(&agent_id) {
+            let _ = self
+                .inner
+                .directory_events
+                .send(DirectoryEvent::Connected(rec));
+        }
         info!(%peer, agent_id = %agent_id, session_id = %session_id, "Agent connected.");
 
         let writer = tokio::spawn(async move {
@@ -688,20 +717,31 @@ impl ControlPlane {
                 Some(Ok(_)) => {}
             }
         }
-        {
+        let gone = {
             let mut agents = lock(&self.inner.agents);
             if agents
                 .get(&agent_id)
                 .is_some_and(|s| s.session_id == session_id)
             {
                 agents.remove(&agent_id);
-                if let Some(rec) = lock(&self.inner.directory).get_mut(&agent_id) {
+                let mut directory = lock(&self.inner.directory);
+                directory.get_mut(&agent_id).map(|rec| {
                     rec.connected = false;
                     rec.disconnected_at = Some(SystemTime::now());
-                }
+                    rec.clone()
+                })
+            } else {
+                // Replaced by a newer session: the agent is still connected.
+                None
             }
-        }
+        };
         self.inner.changed.send_modify(|v| *v += 1);
+        if let Some(rec) = gone {
+            let _ = self
+                .inner
+                .directory_events
+                .send(DirectoryEvent::Disconnected(rec));
+        }
         writer.abort();
         info!(agent_id = %agent_id, session_id = %session_id, "Agent disconnected.");
     }
@@ -740,11 +780,22 @@ impl ControlPlane {
                 return None;
             }
             AgentMessage::Status(s) => {
-                if let Some(rec) = lock(&self.inner.directory).get_mut(&session.agent_id)
-                    && rec.session_id == session.session_id
-                {
-                    rec.last_heartbeat = Some(SystemTime::now());
-                    rec.status = Some(s.clone());
+                let updated = {
+                    let mut directory = lock(&self.inner.directory);
+                    match directory.get_mut(&session.agent_id) {
+                        Some(rec) if rec.session_id == session.session_id => {
+                            rec.last_heartbeat = Some(SystemTime::now());
+                            let previous = rec.status.replace(s.clone());
+                            Some((previous, rec.clone()))
+                        }
+                        _ => None,
+                    }
+                };
+                if let Some((previous, rec)) = updated {
+                    let _ = self.inner.directory_events.send(DirectoryEvent::Heartbeat {
+                        previous: previous.map(Box::new),
+                        record: rec,
+                    });
                 }
                 let _ = self.inner.notices.send((session.agent_id.clone(), msg));
                 return None;
