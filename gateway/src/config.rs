@@ -39,6 +39,12 @@ pub struct Args {
     /// Log format: `text` or `json`.
     #[arg(long, env = "DTMA_GATEWAY_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Where agent events are POSTed (`http://` or `https://`); none: no webhooks.
+    #[arg(long, env = "DTMA_GATEWAY_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+    /// The file holding the webhook signing secret (never on the command line).
+    #[arg(long, env = "DTMA_GATEWAY_WEBHOOK_SECRET_FILE")]
+    pub webhook_secret_file: Option<PathBuf>,
 }
 
 /// A bearer token: compared by the caller, never printed.
@@ -90,6 +96,45 @@ impl Default for StreamSettings {
     }
 }
 
+/// Where and how agent events are delivered ([`crate::webhooks`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookSettings {
+    /// `http://` or `https://` URL events are POSTed to.
+    pub url: String,
+    /// The HMAC-SHA256 key of `Dtma-Signature` (read from `secret_file`).
+    pub secret: Secret,
+    /// PEM certificates trusted for an `https` URL besides the webpki roots.
+    pub ca_file: Option<PathBuf>,
+    /// Attempts per event (the first one included) before it is given up.
+    pub max_attempts: u32,
+    /// Events waiting for delivery; when full, the oldest is dropped (and counted).
+    pub queue: usize,
+    /// The first retry delay; it doubles up to `backoff_cap` (plus a jitter below `backoff_base`).
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    /// One attempt (connect, TLS, request, response head).
+    pub timeout: Duration,
+    /// At shutdown, how long queued events may still be delivered.
+    pub shutdown_grace: Duration,
+}
+
+impl WebhookSettings {
+    /// Defaults around the two settings that have none.
+    pub fn new(url: impl Into<String>, secret: Secret) -> WebhookSettings {
+        WebhookSettings {
+            url: url.into(),
+            secret,
+            ca_file: None,
+            max_attempts: 8,
+            queue: 10_000,
+            backoff_base: Duration::from_secs(1),
+            backoff_cap: Duration::from_secs(60),
+            timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -109,6 +154,8 @@ pub struct Config {
     /// `heartbeat_interval_ms` sent in `welcome`; the agent's default when `None`.
     pub heartbeat_interval: Option<Duration>,
     pub log_format: LogFormat,
+    /// Agent events POSTed to the backend; `None`: no webhooks.
+    pub webhooks: Option<WebhookSettings>,
 }
 
 impl Config {
@@ -122,6 +169,7 @@ impl Config {
             streams: StreamSettings::default(),
             heartbeat_interval: None,
             log_format: LogFormat::Text,
+            webhooks: None,
         }
     }
 
@@ -183,6 +231,7 @@ impl Config {
                 )));
             }
         };
+        c.webhooks = webhooks(args, file.webhooks)?;
         c.validate()?;
         Ok(c)
     }
@@ -214,8 +263,55 @@ impl Config {
                 "streams.max_streams must be at least 1".into(),
             ));
         }
+        if let Some(w) = &self.webhooks {
+            crate::webhooks::Target::parse(&w.url)
+                .map_err(|e| Error::Invalid(format!("webhooks.url: {e}")))?;
+            if w.secret.expose().len() < 16 {
+                return Err(Error::Invalid(
+                    "webhooks.secret_file: the secret is shorter than 16 characters".into(),
+                ));
+            }
+            if w.max_attempts == 0 || w.queue == 0 {
+                return Err(Error::Invalid(
+                    "webhooks.max_attempts and webhooks.queue must be at least 1".into(),
+                ));
+            }
+            if w.backoff_base.is_zero() || w.backoff_cap < w.backoff_base || w.timeout.is_zero() {
+                return Err(Error::Invalid(
+                    "webhooks: backoff_base_ms and timeout_ms must be above 0, backoff_cap_ms at least backoff_base_ms".into(),
+                ));
+            }
+        }
         Ok(())
     }
+}
+
+/// `[webhooks]` with the flags over it; no URL anywhere: no webhooks.
+fn webhooks(args: &Args, file: FileWebhooks) -> Result<Option<WebhookSettings>, Error> {
+    let Some(url) = args.webhook_url.clone().or(file.url) else {
+        return Ok(None);
+    };
+    let path = args
+        .webhook_secret_file
+        .clone()
+        .or(file.secret_file)
+        .ok_or(Error::Missing(
+            "webhooks.secret_file (--webhook-secret-file), needed with a webhook URL",
+        ))?;
+    let text = std::fs::read_to_string(&path).map_err(|source| Error::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let mut w = WebhookSettings::new(url, Secret::new(text.trim()));
+    w.ca_file = file.ca_file;
+    w.max_attempts = file.max_attempts.unwrap_or(w.max_attempts);
+    w.queue = file.queue.unwrap_or(w.queue);
+    let ms = |v: Option<u64>, d: Duration| v.map_or(d, Duration::from_millis);
+    w.backoff_base = ms(file.backoff_base_ms, w.backoff_base);
+    w.backoff_cap = ms(file.backoff_cap_ms, w.backoff_cap);
+    w.timeout = ms(file.timeout_ms, w.timeout);
+    w.shutdown_grace = ms(file.shutdown_grace_ms, w.shutdown_grace);
+    Ok(Some(w))
 }
 
 /// The TOML file's shape; every key optional.
@@ -232,6 +328,22 @@ struct FileConfig {
     log_format: Option<String>,
     #[serde(default)]
     streams: FileStreams,
+    #[serde(default)]
+    webhooks: FileWebhooks,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileWebhooks {
+    url: Option<String>,
+    secret_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    max_attempts: Option<u32>,
+    queue: Option<usize>,
+    backoff_base_ms: Option<u64>,
+    backoff_cap_ms: Option<u64>,
+    timeout_ms: Option<u64>,
+    shutdown_grace_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -339,5 +451,76 @@ retention_s = 7
             ..Args::default()
         };
         assert!(matches!(Config::load(&args), Err(Error::Invalid(_))));
+    }
+
+    #[test]
+    fn webhooks_come_from_the_file_and_flags_with_the_secret_redacted() {
+        let secret = write("whsec-secret-0123456789\n");
+        let file = write(&format!(
+            r#"
+agent_tokens = "/x"
+operator_tokens = ["0123456789abcdef-op"]
+[webhooks]
+url = "http://from-file/hooks"
+secret_file = "{}"
+max_attempts = 3
+backoff_base_ms = 5
+"#,
+            secret.path().display()
+        ));
+        let args = Args {
+            config: Some(file.path().to_owned()),
+            webhook_url: Some("https://from-flag/hooks".into()),
+            ..Args::default()
+        };
+        let c = Config::load(&args).expect("loads");
+        let w = c.webhooks.as_ref().expect("webhooks on");
+        assert_eq!(w.url, "https://from-flag/hooks");
+        assert_eq!(w.secret.expose(), "whsec-secret-0123456789");
+        assert_eq!(w.max_attempts, 3);
+        assert_eq!(w.backoff_base, Duration::from_millis(5));
+        assert_eq!(w.queue, WebhookSettings::new("", Secret::new("")).queue);
+        assert!(
+            !format!("{c:?}").contains("whsec-secret"),
+            "the webhook secret is redacted"
+        );
+
+        // No URL: no webhooks, whatever else is set.
+        let plain = write("agent_tokens = \"/x\"\noperator_tokens = [\"0123456789abcdef-op\"]\n");
+        let args = Args {
+            config: Some(plain.path().to_owned()),
+            webhook_secret_file: Some(secret.path().to_owned()),
+            ..Args::default()
+        };
+        assert!(Config::load(&args).expect("loads").webhooks.is_none());
+
+        // A URL without a secret, a bad URL, a short secret: refused.
+        let base = Args {
+            config: Some(plain.path().to_owned()),
+            ..Args::default()
+        };
+        let no_secret = Args {
+            webhook_url: Some("http://x/".into()),
+            ..base
+        };
+        assert!(matches!(Config::load(&no_secret), Err(Error::Missing(_))));
+        let bad_url = Args {
+            config: Some(plain.path().to_owned()),
+            webhook_url: Some("ftp://x/".into()),
+            webhook_secret_file: Some(secret.path().to_owned()),
+            ..Args::default()
+        };
+        assert!(matches!(Config::load(&bad_url), Err(Error::Invalid(_))));
+        let short = write("short\n");
+        let short_secret = Args {
+            config: Some(plain.path().to_owned()),
+            webhook_url: Some("http://x/".into()),
+            webhook_secret_file: Some(short.path().to_owned()),
+            ..Args::default()
+        };
+        assert!(matches!(
+            Config::load(&short_secret),
+            Err(Error::Invalid(_))
+        ));
     }
 }

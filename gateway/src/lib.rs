@@ -6,6 +6,7 @@
 //! - `tokens`: the agent token file, a [`dtma_control_plane::TokenStore`].
 //! - `streams`: each operator request's events, buffered (bounded) for attach and resume.
 //! - `http`: the operator API (routes, auth, SSE/NDJSON/buffered bodies, errors).
+//! - `webhooks`: directory changes POSTed to the backend (signed, retried, in order).
 //! - this file: wiring. The agent side is the `dtma-control-plane` engine on its own listener.
 #![forbid(unsafe_code)]
 
@@ -13,6 +14,7 @@ pub mod config;
 pub mod http;
 pub mod streams;
 pub mod tokens;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,6 +36,8 @@ pub enum StartError {
     Config(#[from] config::Error),
     #[error(transparent)]
     Tokens(#[from] tokens::Error),
+    #[error(transparent)]
+    Webhooks(#[from] webhooks::Error),
     #[error("operator token #{0} is also an agent token: operator and agent tokens must differ")]
     SharedToken(usize),
     #[error("cannot listen on {addr}: {source}")]
@@ -49,6 +53,7 @@ pub struct Running {
     operator_addr: SocketAddr,
     cp: ControlPlane,
     streams: Streams,
+    webhooks: Option<webhooks::Webhooks>,
     stop: CancellationToken,
     tasks: TaskTracker,
     agent_server: tokio::task::JoinHandle<()>,
@@ -72,6 +77,11 @@ impl Running {
 
     pub fn streams(&self) -> &Streams {
         &self.streams
+    }
+
+    /// The webhook service, when a URL is configured.
+    pub fn webhooks(&self) -> Option<&webhooks::Webhooks> {
+        self.webhooks.as_ref()
     }
 
     /// Wait until `shutdown` (given to [`start`]) is cancelled and everything has stopped.
@@ -121,6 +131,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let operator_addr = local(&operator_listener, config.operator_listen)?;
 
     let tasks = TaskTracker::new();
+    // Subscribed before the agent listener serves, so no connection goes unreported.
+    let webhooks = config
+        .webhooks
+        .clone()
+        .map(|w| webhooks::start(&cp, w, shutdown.child_token(), &tasks))
+        .transpose()?;
     let agent_server = cp.serve(agent_listener, shutdown.child_token());
     let streams = Streams::new(
         cp.clone(),
@@ -152,6 +168,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         operator_addr,
         cp,
         streams,
+        webhooks,
         stop: shutdown,
         tasks,
         agent_server,

@@ -180,3 +180,63 @@ fn check_sse(at: &str, text: &str) {
         assert_eq!(field("event"), data["type"], "{at}: event is the type");
     }
 }
+
+/// The webhook bodies: one documented webhook per event type, each example valid against its
+/// own schema and against `WebhookEvent` (what tests/webhooks.rs checks real bodies with), and
+/// the README's examples valid too.
+#[test]
+fn webhook_examples_validate_and_the_readme_shows_each_type() {
+    let doc = doc();
+    let any = validator(
+        &doc,
+        &serde_json::json!({"$ref": "#/components/schemas/WebhookEvent"}),
+    );
+    let hooks = doc["webhooks"].as_object().unwrap();
+    let names: BTreeSet<&str> = hooks.keys().map(String::as_str).collect();
+    let types = BTreeSet::from([
+        "agent.connected",
+        "agent.disconnected",
+        "agent.mcp_status_changed",
+    ]);
+    assert_eq!(names, types);
+    for (name, hook) in hooks {
+        let content = &hook["post"]["requestBody"]["content"];
+        let list = examples(content, name);
+        assert_eq!(list.len(), 1, "{name}: one example");
+        for (at, _, schema, example) in list {
+            assert_eq!(example["type"], name.as_str(), "{at}");
+            for v in [
+                validator(&doc, &schema),
+                validator(&doc, &doc["components"]["schemas"]["WebhookEvent"]),
+            ] {
+                let errors: Vec<String> = v.iter_errors(&example).map(|e| e.to_string()).collect();
+                assert!(errors.is_empty(), "{at}: {errors:?}");
+            }
+        }
+    }
+    // An event of one type is not valid as another (the `type` consts hold).
+    let mut wrong = hooks["agent.connected"]["post"]["requestBody"]["content"]["application/json"]
+        ["example"]
+        .clone();
+    wrong["type"] = "agent.disconnected".into();
+    assert!(!any.is_valid(&wrong));
+
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("\n## Webhooks\n")
+        .nth(1)
+        .expect("a Webhooks section")
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let mut shown = BTreeSet::new();
+    for block in section.split("```json\n").skip(1) {
+        let text = block.split("\n```").next().unwrap();
+        let v: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("README: {e}\n{text}"));
+        let errors: Vec<String> = any.iter_errors(&v).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "README example: {errors:?}\n{v}");
+        shown.insert(v["type"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(shown, types.iter().map(|t| t.to_string()).collect());
+}
