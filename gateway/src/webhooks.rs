@@ -219,7 +219,12 @@ impl Reporter {
             }
             DirectoryEvent::Disconnected(rec) => {
                 let k = self.known.entry(rec.agent_id.clone()).or_default();
-                if !k.connected && k.session_id == rec.session_id {
+                if k.session_id == rec.session_id && !k.connected {
+                    return Vec::new();
+                }
+                if k.session_id != rec.session_id && k.connected {
+                    // An older session's end, sent after the newer one's start (the engine
+                    // sends both outside its lock): the agent is still connected.
                     return Vec::new();
                 }
                 k.connected = false;
@@ -990,6 +995,13 @@ mod tests {
         );
         // Up to date now: again gives nothing, and so do the stale events still in the channel.
         assert!(r.resync(&records).is_empty());
+        // An older session's end arriving after the newer session's start changes nothing.
+        assert!(
+            r.on_event(&DirectoryEvent::Disconnected(record(
+                "a3", "s0", false, None
+            )))
+            .is_empty()
+        );
         assert!(
             r.on_event(&DirectoryEvent::Disconnected(record(
                 "a2", "s2", false, None
