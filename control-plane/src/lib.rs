@@ -69,6 +69,26 @@ pub struct Options {
     pub heartbeat_interval_ms: Option<u64>,
     /// Protocol version announced in `welcome` (tests set a wrong one).
     pub protocol_version: u32,
+    /// Prefix of session ids (`{prefix}s{n}`): a gateway node sets its node id, so that session
+    /// ids are unique across nodes.
+    pub session_prefix: String,
+    /// Consulted at `hello` for the streams the agent lists that this engine holds no slot for
+    /// (a cluster: streams opened through another node). See [`ResumeHook`].
+    pub resume_hook: Option<Arc<dyn ResumeHook>>,
+}
+
+/// Streams that outlive this engine (a gateway cluster keeps them in NATS). At `hello`, the
+/// engine asks the hook about the listed streams it does not hold; the hook takes over those it
+/// knows with [`ControlPlane::adopt`], before the engine computes the resume points. With a hook
+/// set, events of streams nobody holds are not acknowledged (the agent keeps them and resends
+/// them after its next reconnect, when the hook can adopt them) instead of being dropped.
+pub trait ResumeHook: Send + Sync + std::fmt::Debug {
+    fn unknown_streams<'a>(
+        &'a self,
+        cp: &'a ControlPlane,
+        agent: &'a str,
+        ids: Vec<String>,
+    ) -> auth::BoxFuture<'a, ()>;
 }
 
 impl Default for Options {
@@ -80,6 +100,8 @@ impl Default for Options {
             initial_credit: 1 << 20,
             heartbeat_interval_ms: None,
             protocol_version: PROTOCOL_VERSION,
+            session_prefix: String::new(),
+            resume_hook: None,
         }
     }
 }
@@ -88,6 +110,8 @@ impl Default for Options {
 pub enum Error {
     #[error("agent `{0}` is not connected")]
     NotConnected(String),
+    #[error("agent `{0}` has been told to move to another node")]
+    Moving(String),
 }
 
 /// Counters a test can assert on.
@@ -109,6 +133,8 @@ pub struct Session {
     pub hello: Hello,
     pub session_id: String,
     tx: mpsc::UnboundedSender<Message>,
+    /// Set when the agent was told to `reconnect`: no new request is sent on this session.
+    moving: std::sync::atomic::AtomicBool,
 }
 
 impl Session {
@@ -122,6 +148,10 @@ impl Session {
 struct Slot {
     /// Highest seq delivered to the consumer.
     highest: Option<u64>,
+    /// For a hosted stream ([`ControlPlane::host`]): the highest seq its owner has made durable
+    /// and acknowledged ([`ControlPlane::ack`]); the resume point. `None` for ordinary streams,
+    /// which are acknowledged as they are delivered.
+    durable: Option<Option<u64>>,
     /// Credit limit granted so far.
     limit: u64,
     tx: mpsc::UnboundedSender<AgentMessage>,
@@ -353,9 +383,114 @@ impl ControlPlane {
         expires_at: Option<String>,
         body: RequestBody,
     ) -> Result<StreamRx, Error> {
+        let (rx, limit) = self.open_slot(agent, &id, expires_at, body, false)?;
+        Ok(StreamRx {
+            cp: self.clone(),
+            agent: agent.to_owned(),
+            id,
+            rx,
+            auto_credit: true,
+            window: limit,
+            consumed: 0,
+            granted: limit,
+        })
+    }
+
+    /// Send a request whose events the caller makes durable before they are acknowledged: the
+    /// engine forwards each event once, in order, and acknowledges nothing until the caller
+    /// calls [`ControlPlane::ack`]; credit is raised with [`ControlPlane::raise_limit`]. A
+    /// gateway cluster hosts its streams this way (events go to NATS first). Returns the events
+    /// and the stream's first credit limit.
+    pub fn host(
+        &self,
+        agent: &str,
+        id: &str,
+        expires_at: Option<String>,
+        body: RequestBody,
+    ) -> Result<(mpsc::UnboundedReceiver<AgentMessage>, u64), Error> {
+        self.open_slot(agent, id, expires_at, body, true)
+    }
+
+    /// Take over a stream opened elsewhere (another node) that the agent reported in `hello`:
+    /// called by a [`ResumeHook`]. `durable` is the highest seq already made durable (the
+    /// resume point), `limit` the credit limit granted so far.
+    pub fn adopt(
+        &self,
+        agent: &str,
+        id: &str,
+        durable: Option<u64>,
+        limit: u64,
+    ) -> mpsc::UnboundedReceiver<AgentMessage> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        lock(&self.inner.slots).insert(
+            (agent.to_owned(), id.to_owned()),
+            Slot {
+                highest: durable,
+                durable: Some(durable),
+                limit,
+                tx,
+            },
+        );
+        rx
+    }
+
+    /// The events up to `seq` of hosted stream `id` are durable: acknowledge them to the agent.
+    pub fn ack(&self, agent: &str, id: &str, seq: u64) {
+        if let Some(slot) = lock(&self.inner.slots).get_mut(&(agent.to_owned(), id.to_owned()))
+            && slot.durable.is_some()
+        {
+            slot.durable = Some(Some(seq.max(slot.durable.flatten().unwrap_or(0))));
+        }
+        if let Some(s) = self.session(agent) {
+            s.send_json(&BackendMessage::Control(Control::Ack(dtma_protocol::Ack {
+                id: id.to_owned(),
+                seq,
+            })));
+        }
+    }
+
+    /// Raise hosted stream `id`'s credit limit to `limit` (absolute; a lower value is ignored).
+    pub fn raise_limit(&self, agent: &str, id: &str, limit: u64) {
+        let raised = {
+            let mut slots = lock(&self.inner.slots);
+            match slots.get_mut(&(agent.to_owned(), id.to_owned())) {
+                Some(slot) if limit > slot.limit => {
+                    slot.limit = limit;
+                    true
+                }
+                _ => false,
+            }
+        };
+        if raised && let Some(s) = self.session(agent) {
+            s.send_json(&BackendMessage::Control(Control::Credit(Credit {
+                id: id.to_owned(),
+                limit,
+            })));
+        }
+    }
+
+    /// Drop every hosted stream of `agent` (it moved to another node, which adopted them).
+    pub fn forget_hosted(&self, agent: &str) -> usize {
+        let mut slots = lock(&self.inner.slots);
+        let before = slots.len();
+        slots.retain(|(a, _), slot| a != agent || slot.durable.is_none());
+        before - slots.len()
+    }
+
+    fn open_slot(
+        &self,
+        agent: &str,
+        id: &str,
+        expires_at: Option<String>,
+        body: RequestBody,
+        hosted: bool,
+    ) -> Result<(mpsc::UnboundedReceiver<AgentMessage>, u64), Error> {
         let session = self
             .session(agent)
             .ok_or_else(|| Error::NotConnected(agent.to_owned()))?;
+        if session.moving.load(Ordering::Relaxed) {
+            return Err(Error::Moving(agent.to_owned()));
+        }
         let limit = match &body {
             RequestBody::Exec(Exec {
                 credit: Some(c), ..
@@ -367,28 +502,20 @@ impl ControlPlane {
         };
         let (tx, rx) = mpsc::unbounded_channel();
         lock(&self.inner.slots).insert(
-            (agent.to_owned(), id.clone()),
+            (agent.to_owned(), id.to_owned()),
             Slot {
                 highest: None,
+                durable: hosted.then_some(None),
                 limit,
                 tx,
             },
         );
         session.send_json(&BackendMessage::Request(Request {
-            id: id.clone(),
+            id: id.to_owned(),
             expires_at,
             body,
         }));
-        Ok(StreamRx {
-            cp: self.clone(),
-            agent: agent.to_owned(),
-            id,
-            rx,
-            auto_credit: true,
-            window: limit,
-            consumed: 0,
-            granted: limit,
-        })
+        Ok((rx, limit))
     }
 
     /// Send a raw text frame to agent `id` (for tests of bad input).
@@ -420,6 +547,9 @@ impl ControlPlane {
 
     /// Ask agent `id` to reconnect after `after_ms`, optionally elsewhere.
     pub fn redirect(&self, agent: &str, after_ms: u64, url: Option<String>) -> Result<(), Error> {
+        if let Some(s) = self.session(agent) {
+            s.moving.store(true, Ordering::Relaxed);
+        }
         self.send(
             agent,
             &BackendMessage::Control(Control::Reconnect(Reconnect {
@@ -603,8 +733,22 @@ impl ControlPlane {
             return;
         }
         let n = self.inner.stats.sessions.fetch_add(1, Ordering::Relaxed) + 1;
-        let session_id = format!("s{n}");
+        let session_id = format!("{}s{n}", self.inner.opts.session_prefix);
         let agent_id = hello.agent_id.clone();
+        if let Some(hook) = self.inner.opts.resume_hook.clone() {
+            let unknown: Vec<String> = {
+                let slots = lock(&self.inner.slots);
+                hello
+                    .streams
+                    .iter()
+                    .filter(|s| !slots.contains_key(&(agent_id.clone(), s.id.clone())))
+                    .map(|s| s.id.clone())
+                    .collect()
+            };
+            if !unknown.is_empty() {
+                hook.unknown_streams(self, &agent_id, unknown).await;
+            }
+        }
         let resume = {
             let slots = lock(&self.inner.slots);
             hello
@@ -614,7 +758,7 @@ impl ControlPlane {
                     let slot = slots.get(&(agent_id.clone(), s.id.clone()));
                     ResumePoint {
                         id: s.id.clone(),
-                        ack: slot.and_then(|x| x.highest),
+                        ack: slot.and_then(|x| x.durable.unwrap_or(x.highest)),
                         credit_limit: slot.map(|x| x.limit),
                     }
                 })
@@ -644,6 +788,7 @@ impl ControlPlane {
             hello,
             session_id: session_id.clone(),
             tx,
+            moving: std::sync::atomic::AtomicBool::new(false),
         });
         session.send_json(&welcome);
         let replaced = {
@@ -657,7 +802,15 @@ impl ControlPlane {
                 rec.last_heartbeat = prev.last_heartbeat;
                 rec.status = prev.status;
             }
-            agents.insert(agent_id.clone(), session.clone())
+            let replaced = agents.insert(agent_id.clone(), session.clone());
+            // Sent under the lock, so that directory events of one agent keep their order.
+            if let Some(rec) = directory.get(&agent_id) {
+                let _ = self
+                    .inner
+                    .directory_events
+                    .send(DirectoryEvent::Connected(rec.clone()));
+            }
+            replaced
         };
         if let Some(old) = replaced {
             // A newer session for the same agent wins: the old one is stale.
@@ -666,12 +819,6 @@ impl ControlPlane {
                 .send(close(close_code::REPLACED, "replaced by a newer session"));
         }
         self.inner.changed.send_modify(|v| *v += 1);
-        if let Some(rec) = self.agent(&agent_id) {
-            let _ = self
-                .inner
-                .directory_events
-                .send(DirectoryEvent::Connected(rec));
-        }
         info!(%peer, agent_id = %agent_id, session_id = %session_id, "Agent connected.");
 
         let writer = tokio::spawn(async move {
@@ -717,7 +864,7 @@ impl ControlPlane {
                 Some(Ok(_)) => {}
             }
         }
-        let gone = {
+        {
             let mut agents = lock(&self.inner.agents);
             if agents
                 .get(&agent_id)
@@ -725,23 +872,18 @@ impl ControlPlane {
             {
                 agents.remove(&agent_id);
                 let mut directory = lock(&self.inner.directory);
-                directory.get_mut(&agent_id).map(|rec| {
+                if let Some(rec) = directory.get_mut(&agent_id) {
                     rec.connected = false;
                     rec.disconnected_at = Some(SystemTime::now());
-                    rec.clone()
-                })
-            } else {
-                // Replaced by a newer session: the agent is still connected.
-                None
+                    let _ = self
+                        .inner
+                        .directory_events
+                        .send(DirectoryEvent::Disconnected(rec.clone()));
+                }
             }
-        };
-        self.inner.changed.send_modify(|v| *v += 1);
-        if let Some(rec) = gone {
-            let _ = self
-                .inner
-                .directory_events
-                .send(DirectoryEvent::Disconnected(rec));
+            // Otherwise a newer session replaced this one: the agent is still connected.
         }
+        self.inner.changed.send_modify(|v| *v += 1);
         writer.abort();
         info!(agent_id = %agent_id, session_id = %session_id, "Agent disconnected.");
     }
@@ -780,22 +922,18 @@ impl ControlPlane {
                 return None;
             }
             AgentMessage::Status(s) => {
-                let updated = {
+                {
                     let mut directory = lock(&self.inner.directory);
-                    match directory.get_mut(&session.agent_id) {
-                        Some(rec) if rec.session_id == session.session_id => {
-                            rec.last_heartbeat = Some(SystemTime::now());
-                            let previous = rec.status.replace(s.clone());
-                            Some((previous, rec.clone()))
-                        }
-                        _ => None,
+                    if let Some(rec) = directory.get_mut(&session.agent_id)
+                        && rec.session_id == session.session_id
+                    {
+                        rec.last_heartbeat = Some(SystemTime::now());
+                        let previous = rec.status.replace(s.clone());
+                        let _ = self.inner.directory_events.send(DirectoryEvent::Heartbeat {
+                            previous: previous.map(Box::new),
+                            record: rec.clone(),
+                        });
                     }
-                };
-                if let Some((previous, rec)) = updated {
-                    let _ = self.inner.directory_events.send(DirectoryEvent::Heartbeat {
-                        previous: previous.map(Box::new),
-                        record: rec,
-                    });
                 }
                 let _ = self.inner.notices.send((session.agent_id.clone(), msg));
                 return None;
@@ -807,12 +945,17 @@ impl ControlPlane {
         };
         let key = (session.agent_id.clone(), id.clone());
         let mut slots = lock(&self.inner.slots);
+        let mut hosted = false;
         match slots.get_mut(&key) {
             None => {
                 self.inner
                     .stats
                     .orphan_events
                     .fetch_add(1, Ordering::Relaxed);
+                if self.inner.opts.resume_hook.is_some() {
+                    // Another node may hold it: the agent keeps it until a node adopts it.
+                    return None;
+                }
             }
             Some(slot) => {
                 let expected = slot.highest.map_or(0, |h| h + 1);
@@ -824,6 +967,7 @@ impl ControlPlane {
                     self.inner.stats.gaps.fetch_add(1, Ordering::Relaxed);
                 }
                 slot.highest = Some(seq);
+                hosted = slot.durable.is_some();
                 let _ = slot.tx.send(msg);
                 if terminal {
                     slots.remove(&key);
@@ -831,7 +975,8 @@ impl ControlPlane {
             }
         }
         drop(slots);
-        Some((id, seq))
+        // A hosted stream is acknowledged by its owner once durable.
+        (!hosted).then_some((id, seq))
     }
 }
 
