@@ -78,7 +78,7 @@ pub fn long_version() -> &'static str {
 }
 
 /// What this agent announces in `hello`.
-pub const CAPABILITIES: [&str; 9] = [
+pub const CAPABILITIES: [&str; 10] = [
     "exec",
     "cancel",
     "ping",
@@ -88,6 +88,8 @@ pub const CAPABILITIES: [&str; 9] = [
     "logs",
     "diagnostics",
     "events",
+    // On `reconnect`, the new link is welcomed before the old one closes.
+    "make_before_break",
 ];
 
 /// How long shutdown waits for the backend to acknowledge the final events.

@@ -1,6 +1,6 @@
 //! How the wait for `welcome` ends, and what a `reconnect` with a URL the agent cannot use does,
-//! as protocol/README.md states them (Handshake, Server-directed reconnect). Paused time,
-//! in-memory WebSockets to a scripted backend.
+//! as protocol/README.md states them (Handshake, Server-directed reconnect, Make-before-break).
+//! Paused time, in-memory WebSockets to a scripted backend.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -176,7 +176,8 @@ async fn a_reconnect_to_a_url_that_is_not_a_websocket_keeps_the_current_url() {
     let r = run(
         vec![
             Step::Redirect("https://elsewhere.example/", 700),
-            // A usable redirect is followed, until a dial to it fails.
+            // A usable target is followed; while the current link lives, a failed dial to it is
+            // retried (make-before-break), not replaced by the configured URL.
             Step::Redirect("ws://elsewhere.example/", 0),
             Step::Refuse,
         ],
@@ -186,14 +187,26 @@ async fn a_reconnect_to_a_url_that_is_not_a_websocket_keeps_the_current_url() {
     let urls: Vec<&str> = r.dials.iter().map(|(u, _)| u.as_str()).collect();
     assert_eq!(
         urls,
-        [URL, URL, "ws://elsewhere.example/", URL],
+        [
+            URL,
+            URL,
+            "ws://elsewhere.example/",
+            "ws://elsewhere.example/"
+        ],
         "dialled URLs"
     );
     // `after_ms` still applies to the ignored URL.
     assert_eq!(r.dials[1].1 - r.dials[0].1, Duration::from_millis(700));
-    assert!(
-        matches!(&r.seen[1], (Seen::Close(1000, _), _)),
-        "the agent closes with 1000 first: {:?}",
+    // Make before break: the new link says hello, then the old one is closed with 1000.
+    let kinds: Vec<&Seen> = r.seen.iter().map(|(s, _)| s).collect();
+    assert_eq!(
+        kinds[..3],
+        [
+            &Seen::Hello,
+            &Seen::Hello,
+            &Seen::Close(1000, "moved".into())
+        ],
+        "{:?}",
         r.seen
     );
 }

@@ -978,6 +978,31 @@ impl ControlPlane {
         // A hosted stream is acknowledged by its owner once durable.
         (!hosted).then_some((id, seq))
     }
+
+    /// Tell every connected agent to move (this node is being stopped): `reconnect` with
+    /// `after_ms` spread uniformly over `spread` (the i-th of n agents, by id, waits
+    /// i·spread/n), to `url` when given, else to the URL each agent dialled. Agents that announce
+    /// `make_before_break` open their new link before they let this one go. Returns how many
+    /// agents were told.
+    pub fn drain(&self, spread: std::time::Duration, url: Option<String>) -> usize {
+        let mut sessions: Vec<Arc<Session>> = lock(&self.inner.agents).values().cloned().collect();
+        sessions.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+        let n = sessions.len() as u128;
+        for (i, s) in sessions.iter().enumerate() {
+            let after_ms = u64::try_from(spread.as_millis() * i as u128 / n).unwrap_or(u64::MAX);
+            s.send_json(&BackendMessage::Control(Control::Reconnect(Reconnect {
+                after_ms,
+                url: url.clone(),
+                reason: Some("node draining".into()),
+            })));
+        }
+        info!(
+            agents = sessions.len(),
+            spread_ms = spread.as_millis() as u64,
+            "Draining: agents told to move."
+        );
+        sessions.len()
+    }
 }
 
 impl ControlPlane {

@@ -12,7 +12,8 @@
 //! - [`streams`]: per-request event streams: sequencing, unacked buffer, credit, resend.
 //! - [`tls`]: dialling (TCP, rustls, WebSocket upgrade with the bearer token).
 //!
-//! **Invariant:** one session at a time; the registry outlives sessions.
+//! **Invariant:** one session at a time; the registry outlives sessions. A session that moves
+//! (make-before-break) holds two links for a moment, but only one of them writes at a time.
 
 pub mod events;
 pub mod handlers;
@@ -99,6 +100,7 @@ impl Channel {
     async fn reconnect_loop<D: Dialer>(self: Arc<Self>, stop: CancellationToken, dialer: D) {
         let chan = &self.config;
         let metrics = self.agent().metrics();
+        // One backoff for every redial: after a lost link, and for a move's new link.
         let mut backoff = match chan.jitter_seed {
             Some(seed) => Backoff::with_rng(
                 chan.backoff_base,
@@ -184,7 +186,9 @@ impl Channel {
             let up_at = tokio::time::Instant::now();
             // The session reports `Connected` once welcomed; whatever follows it (backing off,
             // or dialling at once) is set at the top of this loop before any await.
-            let end = session::run(ws, &self, &stop, host_of(&url)).await;
+            // The session may move to a new link (make-before-break); `url` follows it.
+            let end =
+                session::run_link(ws, Some(&dialer), &self, &stop, &mut url, &mut backoff).await;
             if let Some(cause) = end.cause() {
                 metrics.reconnect(cause);
             }
