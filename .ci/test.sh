@@ -25,6 +25,8 @@ python3 -c 'import yaml' 2>/dev/null || need_apt+=(python3-yaml)
 # gateway/tests/console.rs drives the web console in headless chromium through chromedriver.
 command -v chromium >/dev/null || need_apt+=(chromium)
 command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
+# gateway/tests/cluster.rs runs a real nats-server (JetStream) and three gateway nodes.
+command -v nats-server >/dev/null || need_apt+=(nats-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi

@@ -133,7 +133,9 @@ pub struct Session {
     pub hello: Hello,
     pub session_id: String,
     tx: mpsc::UnboundedSender<Message>,
-    /// Set when the agent was told to `reconnect`: no new request is sent on this session.
+    /// Set by [`ControlPlane::drain`]: no new request is sent on this session (it is leaving a
+    /// node that is stopping). A single `redirect` does not set it: if the agent cannot reach
+    /// its new target it stays, and must stay usable.
     moving: std::sync::atomic::AtomicBool,
 }
 
@@ -253,11 +255,24 @@ impl ControlPlane {
         tls: Option<Arc<rustls::ServerConfig>>,
         stop: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
+        self.serve_until(listener, tls, stop.clone(), stop)
+    }
+
+    /// Like [`ControlPlane::serve_tls`], with the listener closed at `accept_stop` and the
+    /// sessions ended at `stop`: a draining node stops taking agents while those it holds move.
+    pub fn serve_until(
+        &self,
+        listener: TcpListener,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        accept_stop: CancellationToken,
+        stop: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
         let cp = self.clone();
         let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         tokio::spawn(async move {
             loop {
                 let (tcp, peer) = tokio::select! {
+                    _ = accept_stop.cancelled() => return,
                     _ = stop.cancelled() => return,
                     r = listener.accept() => match r {
                         Ok(v) => v,
@@ -477,6 +492,20 @@ impl ControlPlane {
         before - slots.len()
     }
 
+    /// The credit limit a new stream of `body` starts with: its own `credit`, or the engine's
+    /// `initial_credit`.
+    pub fn initial_limit(&self, body: &RequestBody) -> u64 {
+        match body {
+            RequestBody::Exec(Exec {
+                credit: Some(c), ..
+            }) => *c,
+            RequestBody::LogsFollow(LogsFollow {
+                credit: Some(c), ..
+            }) => *c,
+            _ => self.inner.opts.initial_credit,
+        }
+    }
+
     fn open_slot(
         &self,
         agent: &str,
@@ -491,15 +520,7 @@ impl ControlPlane {
         if session.moving.load(Ordering::Relaxed) {
             return Err(Error::Moving(agent.to_owned()));
         }
-        let limit = match &body {
-            RequestBody::Exec(Exec {
-                credit: Some(c), ..
-            }) => *c,
-            RequestBody::LogsFollow(LogsFollow {
-                credit: Some(c), ..
-            }) => *c,
-            _ => self.inner.opts.initial_credit,
-        };
+        let limit = self.initial_limit(&body);
         let (tx, rx) = mpsc::unbounded_channel();
         lock(&self.inner.slots).insert(
             (agent.to_owned(), id.to_owned()),
@@ -547,9 +568,6 @@ impl ControlPlane {
 
     /// Ask agent `id` to reconnect after `after_ms`, optionally elsewhere.
     pub fn redirect(&self, agent: &str, after_ms: u64, url: Option<String>) -> Result<(), Error> {
-        if let Some(s) = self.session(agent) {
-            s.moving.store(true, Ordering::Relaxed);
-        }
         self.send(
             agent,
             &BackendMessage::Control(Control::Reconnect(Reconnect {
@@ -989,6 +1007,8 @@ impl ControlPlane {
         sessions.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
         let n = sessions.len() as u128;
         for (i, s) in sessions.iter().enumerate() {
+            // No new request goes out on a session that is leaving (see `Error::Moving`).
+            s.moving.store(true, Ordering::Relaxed);
             let after_ms = u64::try_from(spread.as_millis() * i as u128 / n).unwrap_or(u64::MAX);
             s.send_json(&BackendMessage::Control(Control::Reconnect(Reconnect {
                 after_ms,

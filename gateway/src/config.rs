@@ -42,6 +42,12 @@ pub struct Args {
     /// Where agent events are POSTed (`http://` or `https://`); none: no webhooks.
     #[arg(long, env = "DTMA_GATEWAY_WEBHOOK_URL")]
     pub webhook_url: Option<String>,
+    /// NATS server of the cluster (`nats://HOST:4222`); none: a node on its own.
+    #[arg(long, env = "DTMA_GATEWAY_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// This node's name in the cluster (letters, digits, `-`, `_`); default: the host name.
+    #[arg(long, env = "DTMA_GATEWAY_NODE_ID")]
+    pub node_id: Option<String>,
     /// The file holding the webhook signing secret (never on the command line).
     #[arg(long, env = "DTMA_GATEWAY_WEBHOOK_SECRET_FILE")]
     pub webhook_secret_file: Option<PathBuf>,
@@ -135,6 +141,61 @@ impl WebhookSettings {
     }
 }
 
+/// Scale-out through NATS (`[cluster]`); see `crate::cluster`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSettings {
+    pub nats_url: String,
+    /// This node's name: unique in the cluster, a NATS subject token.
+    pub node_id: String,
+    /// How often the node announces itself.
+    pub node_beat: Duration,
+    /// A node unheard for this long is dead; its agents show disconnected until they dial
+    /// another node.
+    pub node_ttl: Duration,
+    /// How long an operator request waits for its agent to be reachable (moving, or
+    /// reconnecting after its node died) before `503 agent_offline`.
+    pub open_wait: Duration,
+    /// How long stream records and events are kept in JetStream.
+    pub stream_max_age: Duration,
+    /// The event stream's size limit in bytes (-1: none); the oldest events go first.
+    pub events_max_bytes: i64,
+    /// Keep JetStream data in memory instead of files (tests; a NATS restart loses it).
+    pub memory_storage: bool,
+}
+
+impl ClusterSettings {
+    pub fn new(nats_url: impl Into<String>, node_id: impl Into<String>) -> ClusterSettings {
+        ClusterSettings {
+            nats_url: nats_url.into(),
+            node_id: node_id.into(),
+            node_beat: Duration::from_millis(500),
+            node_ttl: Duration::from_secs(2),
+            open_wait: Duration::from_secs(10),
+            stream_max_age: Duration::from_secs(24 * 3600),
+            events_max_bytes: 1 << 30,
+            memory_storage: false,
+        }
+    }
+}
+
+/// How a stopping node hands its agents over (SIGTERM, or the shutdown token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrainSettings {
+    /// Agents are told to `reconnect` spread over this time, so they do not all redial at once.
+    pub spread: Duration,
+    /// The longest a stop waits for agents to move and operator streams to end.
+    pub timeout: Duration,
+}
+
+impl Default for DrainSettings {
+    fn default() -> Self {
+        DrainSettings {
+            spread: Duration::from_secs(5),
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -156,6 +217,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Agent events POSTed to the backend; `None`: no webhooks.
     pub webhooks: Option<WebhookSettings>,
+    /// Scale-out through NATS; `None`: one node on its own.
+    pub cluster: Option<ClusterSettings>,
+    pub drain: DrainSettings,
 }
 
 impl Config {
@@ -170,6 +234,8 @@ impl Config {
             heartbeat_interval: None,
             log_format: LogFormat::Text,
             webhooks: None,
+            cluster: None,
+            drain: DrainSettings::default(),
         }
     }
 
@@ -232,6 +298,12 @@ impl Config {
             }
         };
         c.webhooks = webhooks(args, file.webhooks)?;
+        c.cluster = cluster(args, file.cluster)?;
+        let d = DrainSettings::default();
+        c.drain = DrainSettings {
+            spread: file.drain.spread_ms.map_or(d.spread, Duration::from_millis),
+            timeout: file.drain.timeout_s.map_or(d.timeout, Duration::from_secs),
+        };
         c.validate()?;
         Ok(c)
     }
@@ -263,6 +335,24 @@ impl Config {
                 "streams.max_streams must be at least 1".into(),
             ));
         }
+        if let Some(c) = &self.cluster {
+            if c.node_id.is_empty()
+                || !c
+                    .node_id
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+            {
+                return Err(Error::Invalid(format!(
+                    "cluster.node_id `{}`: use letters, digits, `-` and `_`",
+                    c.node_id
+                )));
+            }
+            if c.node_beat.is_zero() || c.node_ttl <= c.node_beat {
+                return Err(Error::Invalid(
+                    "cluster: node_beat_ms must be above 0 and below node_ttl_ms".into(),
+                ));
+            }
+        }
         if let Some(w) = &self.webhooks {
             crate::webhooks::Target::parse(&w.url)
                 .map_err(|e| Error::Invalid(format!("webhooks.url: {e}")))?;
@@ -284,6 +374,40 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// `[cluster]` with the flags over it; no NATS URL anywhere: one node on its own.
+fn cluster(args: &Args, file: FileCluster) -> Result<Option<ClusterSettings>, Error> {
+    let Some(url) = args.nats_url.clone().or(file.nats_url) else {
+        return Ok(None);
+    };
+    let node_id = match args.node_id.clone().or(file.node_id) {
+        Some(id) => id,
+        None => std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().replace('.', "-"))
+            .map_err(|_| {
+                Error::Missing("cluster.node_id (--node-id): no host name to default to")
+            })?,
+    };
+    let mut c = ClusterSettings::new(url, node_id);
+    let ms = |v: Option<u64>, d: Duration| v.map_or(d, Duration::from_millis);
+    c.node_beat = ms(file.node_beat_ms, c.node_beat);
+    c.node_ttl = ms(file.node_ttl_ms, c.node_ttl);
+    c.open_wait = ms(file.open_wait_ms, c.open_wait);
+    c.stream_max_age = file
+        .stream_max_age_s
+        .map_or(c.stream_max_age, Duration::from_secs);
+    c.events_max_bytes = file.events_max_bytes.unwrap_or(c.events_max_bytes);
+    c.memory_storage = match file.storage.as_deref() {
+        None | Some("file") => false,
+        Some("memory") => true,
+        Some(other) => {
+            return Err(Error::Invalid(format!(
+                "cluster.storage `{other}`: use file or memory"
+            )));
+        }
+    };
+    Ok(Some(c))
 }
 
 /// `[webhooks]` with the flags over it; no URL anywhere: no webhooks.
@@ -330,6 +454,30 @@ struct FileConfig {
     streams: FileStreams,
     #[serde(default)]
     webhooks: FileWebhooks,
+    #[serde(default)]
+    cluster: FileCluster,
+    #[serde(default)]
+    drain: FileDrain,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCluster {
+    nats_url: Option<String>,
+    node_id: Option<String>,
+    node_beat_ms: Option<u64>,
+    node_ttl_ms: Option<u64>,
+    open_wait_ms: Option<u64>,
+    stream_max_age_s: Option<u64>,
+    events_max_bytes: Option<i64>,
+    storage: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDrain {
+    spread_ms: Option<u64>,
+    timeout_s: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -10,10 +10,12 @@
 //! - this file: wiring. The agent side is the `dtma-control-plane` engine on its own listener.
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod streams;
 pub mod tokens;
+pub mod view;
 pub mod webhooks;
 
 use std::net::SocketAddr;
@@ -23,7 +25,7 @@ use dtma_control_plane::{ControlPlane, Options};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::info;
+use tracing::{info, warn};
 
 pub use config::Config;
 use streams::Streams;
@@ -40,6 +42,8 @@ pub enum StartError {
     Webhooks(#[from] webhooks::Error),
     #[error("operator token #{0} is also an agent token: operator and agent tokens must differ")]
     SharedToken(usize),
+    #[error(transparent)]
+    Cluster(#[from] cluster::Error),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -51,6 +55,7 @@ pub enum StartError {
 pub struct Running {
     agent_addr: SocketAddr,
     operator_addr: SocketAddr,
+    cluster: Option<cluster::Cluster>,
     cp: ControlPlane,
     streams: Streams,
     webhooks: Option<webhooks::Webhooks>,
@@ -68,6 +73,11 @@ impl Running {
     /// Where the operator API listens.
     pub fn operator_addr(&self) -> SocketAddr {
         self.operator_addr
+    }
+
+    /// This node's cluster handle, when it runs in one.
+    pub fn cluster(&self) -> Option<&cluster::Cluster> {
+        self.cluster.as_ref()
     }
 
     /// The agent-side engine (its directory, sessions, counters).
@@ -107,7 +117,21 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         return Err(StartError::SharedToken(i + 1));
     }
     let agent_tokens = store.len();
+    let tasks = TaskTracker::new();
+    // `shutdown` starts the drain; `hard` ends everything once the drain is over.
+    let hard = CancellationToken::new();
+    let cluster = match config.cluster.clone() {
+        Some(c) => Some(cluster::Cluster::join(c, hard.child_token(), tasks.clone()).await?),
+        None => None,
+    };
     let cp = ControlPlane::new(Options {
+        session_prefix: cluster
+            .as_ref()
+            .map(|c| format!("{}-", c.node()))
+            .unwrap_or_default(),
+        resume_hook: cluster
+            .clone()
+            .map(|c| Arc::new(c) as Arc<dyn dtma_control_plane::ResumeHook>),
         token_store: Some(Arc::new(store)),
         operator_http: false,
         initial_credit: config.streams.initial_credit,
@@ -130,18 +154,26 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let agent_addr = local(&agent_listener, config.agent_listen)?;
     let operator_addr = local(&operator_listener, config.operator_listen)?;
 
-    let tasks = TaskTracker::new();
     // Subscribed before the agent listener serves, so no connection goes unreported.
     let webhooks = config
         .webhooks
         .clone()
-        .map(|w| webhooks::start(&cp, w, shutdown.child_token(), &tasks))
+        .map(|w| webhooks::start(&cp, w, hard.child_token(), &tasks))
         .transpose()?;
-    let agent_server = cp.serve(agent_listener, shutdown.child_token());
+    if let Some(c) = &cluster {
+        c.attach(cp.clone());
+    }
+    let agent_server = cp.serve_until(
+        agent_listener,
+        None,
+        shutdown.child_token(),
+        hard.child_token(),
+    );
     let streams = Streams::new(
         cp.clone(),
+        cluster.clone(),
         config.streams.clone(),
-        shutdown.child_token(),
+        hard.child_token(),
         tasks.clone(),
     );
     let api = http::Api::new(
@@ -154,8 +186,18 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             .collect(),
         config.streams.wait_output_bytes,
         shutdown.child_token(),
-    );
+        hard.child_token(),
+    )
+    .with_cluster(cluster.clone());
     http::serve(Arc::new(api), operator_listener, tasks.clone());
+    tasks.spawn(drain(
+        cp.clone(),
+        cluster.is_some(),
+        streams.clone(),
+        config.drain.clone(),
+        shutdown.clone(),
+        hard.clone(),
+    ));
     info!(
         %agent_addr,
         %operator_addr,
@@ -166,6 +208,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     Ok(Running {
         agent_addr,
         operator_addr,
+        cluster,
         cp,
         streams,
         webhooks,
@@ -173,6 +216,52 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         tasks,
         agent_server,
     })
+}
+
+/// When `shutdown` is cancelled: stop taking agents and operator connections, tell the agents
+/// to move (in a cluster: to the other nodes, make-before-break, spread over `drain.spread`),
+/// wait until they have gone and the operator streams served here have ended (or
+/// `drain.timeout`), then end everything.
+async fn drain(
+    cp: ControlPlane,
+    clustered: bool,
+    streams: Streams,
+    settings: config::DrainSettings,
+    shutdown: CancellationToken,
+    hard: CancellationToken,
+) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = hard.cancelled() => return,
+    }
+    let deadline = tokio::time::Instant::now() + settings.timeout;
+    let mut sessions = cp.sessions_changed();
+    let mut ended = streams.changed();
+    if clustered {
+        let told = cp.drain(settings.spread, None);
+        info!(
+            agents = told,
+            "Draining: agents told to move to other nodes."
+        );
+    }
+    loop {
+        let agents_left = clustered && cp.agents().iter().any(|a| a.connected);
+        let running = streams.running();
+        if !agents_left && running == 0 {
+            info!("Drained.");
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {
+                warn!(running, agents_left, "Drain timed out; stopping anyway.");
+                break;
+            }
+            _ = hard.cancelled() => return,
+            _ = sessions.changed() => {}
+            _ = ended.changed() => {}
+        }
+    }
+    hard.cancel();
 }
 
 /// [`start`], then [`Running::join`].

@@ -19,7 +19,9 @@ async fn main() -> std::process::ExitCode {
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // No colour codes in journald or a file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match config.log_format {
         LogFormat::Text => fmt.init(),
         LogFormat::Json => fmt.json().init(),
@@ -39,7 +41,7 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-/// SIGTERM or SIGINT: stop (agents are not told to move yet; that is the drain slice).
+/// SIGTERM or SIGINT: drain (agents told to move, streams finish; see `dtma_gateway::start`).
 async fn stop_on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (

@@ -10,6 +10,10 @@
 //! a client that drops its connection can resume as long as what it missed is still held
 //! (else `410 events_evicted`). An ended stream is kept for the retention time, then forgotten.
 //!
+//! In a cluster (`crate::cluster`), the request is recorded and routed through NATS and the
+//! pump reads the stream's events back from JetStream instead of the local engine; the buffer,
+//! cursors and positions are the same.
+//!
 //! Positions are the protocol's `seq`. A request the agent refused before it became a stream
 //! (unsequenced `error`) or whose id it had already seen (`state`) gives a stream of that one
 //! message at position 0.
@@ -19,12 +23,13 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use dtma_control_plane::{ControlPlane, StreamRx};
-use dtma_protocol::{AgentMessage, RequestBody};
+use dtma_protocol::{AgentMessage, Request, RequestBody};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 
+use crate::cluster::{Cluster, RouteError, events::Reader};
 use crate::config::StreamSettings;
 
 /// One buffered event.
@@ -55,6 +60,37 @@ pub enum OpenError {
     TooManyStreams(usize),
     #[error("the gateway is shutting down")]
     ShuttingDown,
+    #[error("the cluster cannot be reached: {0}")]
+    ClusterUnavailable(String),
+}
+
+impl From<RouteError> for OpenError {
+    fn from(e: RouteError) -> Self {
+        match e {
+            RouteError::UnknownAgent(a) => OpenError::UnknownAgent(a),
+            RouteError::Offline(a) => OpenError::AgentOffline(a),
+            RouteError::Conflict(id) => OpenError::IdConflict(id),
+            RouteError::Nats(m) => OpenError::ClusterUnavailable(m),
+            RouteError::Stopping => OpenError::ShuttingDown,
+        }
+    }
+}
+
+/// Where a stream's events come from.
+enum Source {
+    /// This node's engine (one node on its own).
+    Local(StreamRx),
+    /// JetStream (a cluster), whichever node hosts the agent.
+    Cluster(Box<Reader>),
+}
+
+impl Source {
+    async fn recv(&mut self) -> Option<AgentMessage> {
+        match self {
+            Source::Local(rx) => rx.recv().await,
+            Source::Cluster(r) => r.recv().await,
+        }
+    }
 }
 
 /// Why a cursor could not be placed.
@@ -74,8 +110,14 @@ pub struct Streams {
 
 struct Inner {
     cp: ControlPlane,
+    cluster: Option<Cluster>,
     settings: StreamSettings,
     map: Mutex<HashMap<(String, String), Arc<Stream>>>,
+    /// Bumped when a stream ends or an open finishes.
+    ended: watch::Sender<u64>,
+    /// Work under way that is not a stream yet: operator connections, cluster opens (which
+    /// wait for the agent's node). A drain waits for them.
+    busy: std::sync::atomic::AtomicUsize,
     stop: CancellationToken,
     tasks: TaskTracker,
 }
@@ -90,6 +132,7 @@ pub struct Opened {
 impl Streams {
     pub fn new(
         cp: ControlPlane,
+        cluster: Option<Cluster>,
         settings: StreamSettings,
         stop: CancellationToken,
         tasks: TaskTracker,
@@ -97,8 +140,11 @@ impl Streams {
         Streams {
             inner: Arc::new(Inner {
                 cp,
+                cluster,
                 settings,
                 map: Mutex::new(HashMap::new()),
+                ended: watch::channel(0).0,
+                busy: std::sync::atomic::AtomicUsize::new(0),
                 stop,
                 tasks,
             }),
@@ -106,8 +152,115 @@ impl Streams {
     }
 
     /// Send `body` to `agent` as request `id`, or attach to the stream already holding that id
-    /// (the same body again: idempotent; a different one: [`OpenError::IdConflict`]).
-    pub fn open(
+    /// (the same body again: idempotent; a different one: [`OpenError::IdConflict`]). In a
+    /// cluster the id is held cluster-wide and the agent may be on any node.
+    pub async fn open(
+        &self,
+        agent: &str,
+        id: String,
+        expires_at: Option<String>,
+        body: RequestBody,
+    ) -> Result<Opened, OpenError> {
+        let Some(cluster) = self.inner.cluster.clone() else {
+            return self.open_local(agent, id, expires_at, body);
+        };
+        let _busy = self.busy();
+        if let Some(held) = self.held(&lock(&self.inner.map), agent, &id, &body)? {
+            return Ok(held);
+        }
+        let request = Request {
+            id: id.clone(),
+            expires_at,
+            body: body.clone(),
+        };
+        let created = cluster.open(agent, request).await?;
+        let reader = cluster
+            .reader(agent, &id)
+            .await?
+            .ok_or_else(|| OpenError::ClusterUnavailable("the stream record vanished".into()))?;
+        if created {
+            info!(agent_id = %agent, request_id = %id, kind = body.kind(), "Request sent.");
+        }
+        let (stream, _) = self.hold(agent, id, body, Source::Cluster(Box::new(reader)));
+        Ok(Opened { stream, created })
+    }
+
+    /// The stream already holding `id` (the same body: attach; another: conflict), or room
+    /// for a new one.
+    fn held(
+        &self,
+        map: &HashMap<(String, String), Arc<Stream>>,
+        agent: &str,
+        id: &str,
+        body: &RequestBody,
+    ) -> Result<Option<Opened>, OpenError> {
+        if let Some(stream) = map.get(&(agent.to_owned(), id.to_owned())) {
+            if stream.body != *body {
+                return Err(OpenError::IdConflict(id.to_owned()));
+            }
+            return Ok(Some(Opened {
+                stream: stream.clone(),
+                created: false,
+            }));
+        }
+        self.room(map)?;
+        Ok(None)
+    }
+
+    fn room(&self, map: &HashMap<(String, String), Arc<Stream>>) -> Result<(), OpenError> {
+        if self.inner.stop.is_cancelled() {
+            return Err(OpenError::ShuttingDown);
+        }
+        if map.len() >= self.inner.settings.max_streams {
+            return Err(OpenError::TooManyStreams(self.inner.settings.max_streams));
+        }
+        Ok(())
+    }
+
+    /// Hold a stream fed by `source` (or the one another task put there meanwhile), with its
+    /// pump and retention. True when this call created it.
+    fn hold(
+        &self,
+        agent: &str,
+        id: String,
+        body: RequestBody,
+        source: Source,
+    ) -> (Arc<Stream>, bool) {
+        let key = (agent.to_owned(), id.clone());
+        let mut map = lock(&self.inner.map);
+        if let Some(existing) = map.get(&key) {
+            return (existing.clone(), false);
+        }
+        let stream = Arc::new(Stream {
+            agent: agent.to_owned(),
+            id,
+            body,
+            buf: Mutex::new(Buf::default()),
+            changed: watch::channel(0).0,
+            cap: self.inner.settings.buffer_bytes,
+        });
+        map.insert(key.clone(), stream.clone());
+        drop(map);
+        self.spawn_pump(key, stream.clone(), source);
+        (stream, true)
+    }
+
+    fn spawn_pump(&self, key: (String, String), stream: Arc<Stream>, source: Source) {
+        let streams = self.clone();
+        self.inner.tasks.spawn(async move {
+            stream.pump(source, &streams.inner.stop).await;
+            streams.inner.ended.send_modify(|v| *v += 1);
+            // Ended (or stopping): keep it for late readers and idempotent repeats, then forget.
+            tokio::select! {
+                _ = streams.inner.stop.cancelled() => {}
+                _ = tokio::time::sleep(streams.inner.settings.retention) => {}
+            }
+            lock(&streams.inner.map).remove(&key);
+            debug!(agent_id = %key.0, request_id = %key.1, "Stream forgotten.");
+        });
+    }
+
+    fn open_local(
         &self,
         agent: &str,
         id: String,
@@ -117,20 +270,8 @@ impl Streams {
         let key = (agent.to_owned(), id.clone());
         // Held across the send, so that two requests with one id cannot both reach the agent.
         let mut map = lock(&self.inner.map);
-        if let Some(stream) = map.get(&key) {
-            if stream.body != body {
-                return Err(OpenError::IdConflict(id));
-            }
-            return Ok(Opened {
-                stream: stream.clone(),
-                created: false,
-            });
-        }
-        if self.inner.stop.is_cancelled() {
-            return Err(OpenError::ShuttingDown);
-        }
-        if map.len() >= self.inner.settings.max_streams {
-            return Err(OpenError::TooManyStreams(self.inner.settings.max_streams));
+        if let Some(held) = self.held(&map, agent, &id, &body)? {
+            return Ok(held);
         }
         match self.inner.cp.agent(agent) {
             None => return Err(OpenError::UnknownAgent(agent.to_owned())),
@@ -154,30 +295,60 @@ impl Streams {
         map.insert(key.clone(), stream.clone());
         drop(map);
         info!(agent_id = %agent, request_id = %id, kind, "Request sent.");
-        let streams = self.clone();
-        let pumped = stream.clone();
-        self.inner.tasks.spawn(async move {
-            pumped.pump(rx, &streams.inner.stop).await;
-            // Ended (or stopping): keep it for late readers and idempotent repeats, then forget.
-            tokio::select! {
-                _ = streams.inner.stop.cancelled() => {}
-                _ = tokio::time::sleep(streams.inner.settings.retention) => {}
-            }
-            lock(&streams.inner.map).remove(&key);
-            debug!(agent_id = %key.0, request_id = %key.1, "Stream forgotten.");
-        });
+        self.spawn_pump(key, stream.clone(), Source::Local(rx));
         Ok(Opened {
             stream,
             created: true,
         })
     }
 
-    /// The stream of request `id` of `agent`, while held.
-    pub fn get(&self, agent: &str, id: &str) -> Result<Arc<Stream>, AttachError> {
+    /// The stream of request `id` of `agent`, while held; in a cluster, also one opened
+    /// through another node (read back from JetStream).
+    pub async fn get(&self, agent: &str, id: &str) -> Result<Arc<Stream>, AttachError> {
+        if let Some(s) = lock(&self.inner.map).get(&(agent.to_owned(), id.to_owned())) {
+            return Ok(s.clone());
+        }
+        let unknown = || AttachError::UnknownRequest(agent.to_owned(), id.to_owned());
+        let Some(cluster) = &self.inner.cluster else {
+            return Err(unknown());
+        };
+        let key = crate::cluster::stream_key(agent, id);
+        let record = cluster.record(&key).await.ok_or_else(unknown)?;
+        let reader = cluster
+            .reader(agent, id)
+            .await
+            .ok()
+            .flatten()
+            .ok_or_else(unknown)?;
+        let (stream, _) = self.hold(
+            agent,
+            id.to_owned(),
+            record.request.body,
+            Source::Cluster(Box::new(reader)),
+        );
+        Ok(stream)
+    }
+
+    /// Count work under way (see `busy`) while the guard lives.
+    pub fn busy(&self) -> Busy {
+        self.inner
+            .busy
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Busy(self.inner.clone())
+    }
+
+    /// Streams whose terminal event has not arrived yet, and other work under way.
+    pub fn running(&self) -> usize {
         lock(&self.inner.map)
-            .get(&(agent.to_owned(), id.to_owned()))
-            .cloned()
-            .ok_or_else(|| AttachError::UnknownRequest(agent.to_owned(), id.to_owned()))
+            .values()
+            .filter(|s| !s.ended())
+            .count()
+            + self.inner.busy.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A receiver that changes whenever a stream ends.
+    pub fn changed(&self) -> watch::Receiver<u64> {
+        self.inner.ended.subscribe()
     }
 
     /// Streams held now (running or retained).
@@ -192,6 +363,18 @@ impl Streams {
     /// The token that ends every cursor and pump.
     pub fn stop_token(&self) -> &CancellationToken {
         &self.inner.stop
+    }
+}
+
+/// Work under way, counted by [`Streams::running`] while it lives.
+pub struct Busy(Arc<Inner>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0
+            .busy
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.ended.send_modify(|v| *v += 1);
     }
 }
 
@@ -256,7 +439,7 @@ impl Stream {
         lock(&self.buf).ended
     }
 
-    async fn pump(&self, mut rx: StreamRx, stop: &CancellationToken) {
+    async fn pump(&self, mut rx: Source, stop: &CancellationToken) {
         let mut changes = self.changed.subscribe();
         loop {
             // Wait for room: readers advance `sent`, which lets eviction free it.
@@ -373,7 +556,7 @@ impl Cursor {
 }
 
 /// `seq`, `type` and whether it ends the stream.
-fn describe(m: &AgentMessage) -> (Option<u64>, &'static str, bool) {
+pub(crate) fn describe(m: &AgentMessage) -> (Option<u64>, &'static str, bool) {
     match m {
         AgentMessage::Started(x) => (Some(x.seq), "started", false),
         AgentMessage::Output(x) => (Some(x.seq), "output", false),

@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 use dtma::agent::LinkState;
 
@@ -403,7 +405,8 @@ async fn agents_with_a_wrong_token_are_refused() {
 
 #[tokio::test]
 async fn stopping_ends_operator_streams_and_join_returns() {
-    let mut gw = Gw::start().await;
+    // A stream still running when the drain times out is cut.
+    let mut gw = Gw::start_with(|c| c.drain.timeout = Duration::from_millis(300)).await;
     let _agent = Agent::start("a3", &gw).await;
     connected(&gw, "a3").await;
     let tmp = tempfile::tempdir().unwrap();
@@ -424,4 +427,34 @@ async fn stopping_ends_operator_streams_and_join_returns() {
     assert!(within(20, "body end", sse.next()).await.is_none());
     within(20, "join", gw.running.take().unwrap().join()).await;
     // Dropping the agent cancels its work: the blocked child is killed with its group.
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stopping_drains_running_streams_to_their_end() {
+    let mut gw = Gw::start().await;
+    let _agent = Agent::start("a3", &gw).await;
+    connected(&gw, "a3").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let gate = fifo(tmp.path(), "gate");
+    let command = format!("echo waiting; read x < {}; echo done", gate.display());
+    let mut sse = Sse::new(post(&gw, "a3", &[], exec_body(None, &command)).await);
+    assert_eq!(
+        within(20, "started", sse.next()).await.unwrap().event,
+        "started"
+    );
+    assert_eq!(
+        text_of(&within(20, "output", sse.next()).await.unwrap()),
+        "waiting\n"
+    );
+
+    gw.stop.cancel();
+    // The running stream goes on to its end: the drain waits for it.
+    release(gate).await;
+    assert_eq!(
+        text_of(&within(20, "output", sse.next()).await.unwrap()),
+        "done\n"
+    );
+    assert_eq!(within(20, "exit", sse.next()).await.unwrap().event, "exit");
+    assert!(within(20, "body end", sse.next()).await.is_none());
+    within(20, "join", gw.running.take().unwrap().join()).await;
 }

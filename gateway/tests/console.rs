@@ -26,10 +26,27 @@ struct Driver {
 }
 
 impl Driver {
+    /// chromedriver with `--port=0` picks a port for IPv6 and then exits when that port is
+    /// taken on IPv4 ("IPv4 port not available"), about one start in thirty here: so pick a
+    /// free port ourselves and try again (a few times) when it exits instead of starting.
     fn start() -> Driver {
+        for _ in 0..5 {
+            if let Some(d) = Driver::try_start() {
+                return d;
+            }
+        }
+        panic!("chromedriver did not start in 5 tries");
+    }
+
+    fn try_start() -> Option<Driver> {
         let bin = std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let mut child = Command::new(&bin)
-            .arg("--port=0")
+            .arg(format!("--port={port}"))
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -40,17 +57,17 @@ impl Driver {
         let mut lines = BufReader::new(stdout).lines();
         // "ChromeDriver was started successfully on port 43173." The read ends with
         // chromedriver's stdout if it exits instead.
-        let port = lines
+        let started = lines
             .by_ref()
             .map_while(Result::ok)
-            .find_map(|l| {
-                l.split_once("started successfully on port ")
-                    .and_then(|(_, p)| p.trim_end_matches('.').trim().parse::<u16>().ok())
-            })
-            .expect("chromedriver did not say its port");
+            .any(|l| l.contains("started successfully on port"));
+        if !started {
+            let _ = child.wait();
+            return None;
+        }
         // Keep draining its stdout so that it never blocks on a full pipe.
         std::thread::spawn(move || lines.for_each(drop));
-        Driver { child, port }
+        Some(Driver { child, port })
     }
 }
 

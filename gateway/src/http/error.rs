@@ -33,9 +33,9 @@ impl ApiError {
             ApiError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Open(e) => match e {
                 OpenError::UnknownAgent(_) => StatusCode::NOT_FOUND,
-                OpenError::AgentOffline(_) | OpenError::ShuttingDown => {
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
+                OpenError::AgentOffline(_)
+                | OpenError::ShuttingDown
+                | OpenError::ClusterUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
                 OpenError::IdConflict(_) => StatusCode::CONFLICT,
                 OpenError::TooManyStreams(_) => StatusCode::TOO_MANY_REQUESTS,
             },
@@ -60,6 +60,7 @@ impl ApiError {
                 OpenError::IdConflict(_) => "request_id_conflict",
                 OpenError::TooManyStreams(_) => "too_many_streams",
                 OpenError::ShuttingDown => "shutting_down",
+                OpenError::ClusterUnavailable(_) => "cluster_unavailable",
             },
             ApiError::Attach(e) => match e {
                 AttachError::UnknownRequest(..) => "unknown_request",

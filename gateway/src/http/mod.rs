@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use dtma_control_plane::{AgentRecord, ControlPlane};
+use dtma_control_plane::ControlPlane;
 use dtma_protocol::{BackendMessage, decode_backend};
 use http_body_util::{BodyExt, Full, Limited, combinators::BoxBody};
 use hyper::body::Incoming;
@@ -35,6 +35,8 @@ use tracing::{debug, warn};
 
 use crate::streams::Streams;
 use crate::tokens::{TokenDigest, digest};
+use crate::view::agent_view;
+pub(crate) use crate::view::rfc3339;
 pub use error::ApiError;
 use events::Format;
 
@@ -62,8 +64,13 @@ pub struct Api {
     streams: Streams,
     operator_tokens: HashSet<TokenDigest>,
     wait_output_bytes: usize,
+    /// Stop taking connections (the drain starts).
+    accept_stop: CancellationToken,
+    /// End every response (the drain is over).
     stop: CancellationToken,
     next_id: AtomicU64,
+    /// The cluster's directory, when the node runs in one.
+    cluster: Option<crate::cluster::Cluster>,
 }
 
 impl Api {
@@ -72,6 +79,7 @@ impl Api {
         streams: Streams,
         operator_tokens: HashSet<TokenDigest>,
         wait_output_bytes: usize,
+        accept_stop: CancellationToken,
         stop: CancellationToken,
     ) -> Api {
         Api {
@@ -79,16 +87,24 @@ impl Api {
             streams,
             operator_tokens,
             wait_output_bytes,
+            accept_stop,
             stop,
             next_id: AtomicU64::new(0),
+            cluster: None,
         }
+    }
+
+    /// List agents from the cluster's directory instead of this node's engine.
+    pub fn with_cluster(mut self, cluster: Option<crate::cluster::Cluster>) -> Api {
+        self.cluster = cluster;
+        self
     }
 }
 
 /// Serve the operator API on `listener` until `stop`; connections finish their current
 /// response (streams end at `stop` too) and are tracked by `tasks`.
 pub fn serve(api: Arc<Api>, listener: TcpListener, tasks: TaskTracker) {
-    let stop = api.stop.clone();
+    let stop = api.accept_stop.clone();
     let inner_tasks = tasks.clone();
     tasks.spawn(async move {
         loop {
@@ -102,7 +118,10 @@ pub fn serve(api: Arc<Api>, listener: TcpListener, tasks: TaskTracker) {
             let _ = tcp.set_nodelay(true);
             let api = api.clone();
             let stop = stop.clone();
+            // A drain waits for this connection: a request on it finishes before the node stops.
+            let busy = api.streams.busy();
             inner_tasks.spawn(async move {
+                let _busy = busy;
                 let service = hyper::service::service_fn(move |req| {
                     let api = api.clone();
                     async move { Ok::<_, Infallible>(route(&api, req, peer).await) }
@@ -153,9 +172,10 @@ async fn route(
                     }
                     Err(e) => Err(e),
                 },
-                ["agents", agent, "requests", rid, "events"] => {
-                    only(&req, Method::GET).and_then(|()| attach(api, req.headers(), agent, rid))
-                }
+                ["agents", agent, "requests", rid, "events"] => match only(&req, Method::GET) {
+                    Ok(()) => attach(api, req.headers(), agent, rid).await,
+                    Err(e) => Err(e),
+                },
                 _ => Err(ApiError::NoRoute(path.clone())),
             },
         },
@@ -196,50 +216,20 @@ fn authorize(api: &Api, headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 fn list_agents(api: &Api) -> hyper::Response<Body> {
-    let agents: Vec<serde_json::Value> = api.cp.agents().iter().map(agent_view).collect();
+    let agents: Vec<serde_json::Value> = match &api.cluster {
+        Some(c) => c.agents(),
+        None => api.cp.agents().iter().map(agent_view).collect(),
+    };
     json(StatusCode::OK, &serde_json::json!({ "agents": agents }))
 }
 
 fn one_agent(api: &Api, agent: &str) -> Result<hyper::Response<Body>, ApiError> {
-    let rec = api
-        .cp
-        .agent(agent)
-        .ok_or_else(|| crate::streams::OpenError::UnknownAgent(agent.to_owned()))?;
-    Ok(json(StatusCode::OK, &agent_view(&rec)))
-}
-
-/// One agent as the API shows it (schema `Agent` in openapi.json).
-fn agent_view(r: &AgentRecord) -> serde_json::Value {
-    let mut v = serde_json::json!({
-        "agent_id": r.agent_id,
-        "state": if r.connected { "connected" } else { "disconnected" },
-        "session_id": r.session_id,
-        "agent_version": r.hello.agent_version,
-        "boot_id": r.hello.boot_id,
-        "capabilities": r.hello.capabilities,
-        "connected_at": rfc3339(r.connected_at),
-        "tool_statuses": r.status.as_ref().map(|s| s.tool_statuses.clone()).unwrap_or_default(),
-    });
-    let sandbox = r
-        .status
-        .as_ref()
-        .and_then(|s| s.sandbox.clone())
-        .or_else(|| r.hello.sandbox.clone());
-    if let Some(obj) = v.as_object_mut() {
-        if let Some(s) = sandbox {
-            obj.insert(
-                "sandbox".into(),
-                serde_json::to_value(s).unwrap_or_default(),
-            );
-        }
-        if let Some(t) = r.disconnected_at {
-            obj.insert("disconnected_at".into(), rfc3339(t).into());
-        }
-        if let Some(t) = r.last_heartbeat {
-            obj.insert("last_heartbeat_at".into(), rfc3339(t).into());
-        }
+    let view = match &api.cluster {
+        Some(c) => c.agent(agent),
+        None => api.cp.agent(agent).map(|r| agent_view(&r)),
     }
-    v
+    .ok_or_else(|| crate::streams::OpenError::UnknownAgent(agent.to_owned()))?;
+    Ok(json(StatusCode::OK, &view))
 }
 
 async fn send_request(
@@ -276,7 +266,8 @@ async fn send_request(
     };
     let opened = api
         .streams
-        .open(agent, request.id, request.expires_at, request.body)?;
+        .open(agent, request.id, request.expires_at, request.body)
+        .await?;
     let stream = opened.stream;
     let cursor = stream.cursor(from)?;
     let mut response = if wait {
@@ -302,14 +293,14 @@ async fn send_request(
     Ok(response)
 }
 
-fn attach(
+async fn attach(
     api: &Api,
     headers: &HeaderMap,
     agent: &str,
     rid: &str,
 ) -> Result<hyper::Response<Body>, ApiError> {
     let from = last_event_id(headers)?;
-    let stream = api.streams.get(agent, rid)?;
+    let stream = api.streams.get(agent, rid).await?;
     let cursor = stream.cursor(from)?;
     let format = format(headers);
     Ok(streaming(
@@ -382,12 +373,6 @@ fn new_request_id(api: &Api) -> String {
             format!("gw-{t}-{n}")
         }
     }
-}
-
-pub(crate) fn rfc3339(t: SystemTime) -> String {
-    time::OffsetDateTime::from(t)
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 fn json(status: StatusCode, v: &serde_json::Value) -> hyper::Response<Body> {

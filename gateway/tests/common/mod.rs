@@ -2,6 +2,8 @@
 //! dialling it, and a small real HTTP/1.1 client (hyper) that reads bodies frame by frame.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -247,8 +249,17 @@ impl Sse {
         }
     }
 
+    /// Like [`Sse::next`], but a body cut mid-way (the node serving it stopped) is an end too.
+    pub async fn next_or_cut(&mut self) -> Option<SseEvent> {
+        self.next_inner(false).await
+    }
+
     /// The next event; `None` at the end of the body. Comments (keepalives) are skipped.
     pub async fn next(&mut self) -> Option<SseEvent> {
+        self.next_inner(true).await
+    }
+
+    async fn next_inner(&mut self, strict: bool) -> Option<SseEvent> {
         loop {
             if let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
                 let block: Vec<u8> = self.buf.drain(..end + 2).collect();
@@ -278,6 +289,10 @@ impl Sse {
                         self.buf.iter().all(|b| b.is_ascii_whitespace()),
                         "trailing bytes"
                     );
+                    return None;
+                }
+                Some(Err(e)) if !strict => {
+                    let _ = e;
                     return None;
                 }
                 Some(frame) => {
