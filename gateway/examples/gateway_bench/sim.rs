@@ -246,7 +246,7 @@ impl SimAgent {
                     // A ping every half interval, a `status` every second one.
                     self.counters.pings.fetch_add(1, Ordering::Relaxed);
                     let mut sent = self.ws.send(Message::Ping(Bytes::new())).await;
-                    if sent.is_ok() && ticks % 2 == 0 {
+                    if sent.is_ok() && ticks.is_multiple_of(2) {
                         self.counters.statuses.fetch_add(1, Ordering::Relaxed);
                         sent = self.ws.send(Message::Text(self.status.clone())).await;
                     }
