@@ -176,6 +176,9 @@ pub struct AgentRecord {
     /// When the latest `status` heartbeat arrived, and that heartbeat.
     pub last_heartbeat: Option<SystemTime>,
     pub status: Option<Status>,
+    /// The latest session ended with the agent's close "moved" (make-before-break): the agent
+    /// is connected elsewhere, this record's `connected = false` is only this backend's view.
+    pub moved: bool,
 }
 
 /// A change to the agent directory ([`ControlPlane::directory_events`]).
@@ -687,7 +690,7 @@ impl ControlPlane {
                     let ws = WebSocketStream::from_raw_socket(
                         TokioIo::new(upgraded),
                         Role::Server,
-                        None,
+                        Some(ws_config()),
                     )
                     .await;
                     cp.run_session(ws, peer, grant, stop).await;
@@ -800,6 +803,7 @@ impl ControlPlane {
             disconnected_at: None,
             last_heartbeat: None,
             status: None,
+            moved: false,
         };
         let session = Arc::new(Session {
             agent_id: agent_id.clone(),
@@ -850,6 +854,7 @@ impl ControlPlane {
         // Acks are cumulative: one per stream per burst of frames is enough.
         let mut acks: HashMap<String, u64> = HashMap::new();
         let mut burst = 0;
+        let mut moved = false;
         loop {
             let ready = if acks.is_empty() || burst >= 64 {
                 None
@@ -878,7 +883,11 @@ impl ControlPlane {
                         acks.insert(id, seq);
                     }
                 }
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(Message::Close(frame))) => {
+                    moved = frame.is_some_and(|f| f.reason.as_str() == MOVED_REASON);
+                    break;
+                }
+                None | Some(Err(_)) => break,
                 Some(Ok(_)) => {}
             }
         }
@@ -892,6 +901,7 @@ impl ControlPlane {
                 let mut directory = lock(&self.inner.directory);
                 if let Some(rec) = directory.get_mut(&agent_id) {
                     rec.connected = false;
+                    rec.moved = moved;
                     rec.disconnected_at = Some(SystemTime::now());
                     let _ = self
                         .inner
@@ -1160,6 +1170,13 @@ fn stream_response(mut stream: StreamRx, ndjson: bool) -> hyper::Response<Body> 
         .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, String::new()))
 }
 
+/// The agent sockets' settings. tungstenite's default read buffer is 128 KiB, zero-filled before
+/// each read, so every idle session kept 128 KiB resident (139 KB per idle agent at 10,000
+/// agents, BENCHMARKS.md); 8 KiB holds a typical frame and grows only for a read that needs it.
+fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(8 << 10)
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -1182,6 +1199,10 @@ fn json(status: StatusCode, v: &serde_json::Value) -> hyper::Response<Body> {
     );
     r
 }
+
+/// The reason of the close an agent sends on its old link once a make-before-break move is
+/// done (protocol/README.md, "Make-before-break").
+pub const MOVED_REASON: &str = "moved";
 
 fn close(code: u16, reason: &str) -> Message {
     Message::Close(Some(CloseFrame {

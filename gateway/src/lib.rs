@@ -158,7 +158,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let webhooks = config
         .webhooks
         .clone()
-        .map(|w| webhooks::start(&cp, w, hard.child_token(), &tasks))
+        .map(|w| webhooks::start(&cp, cluster.clone(), w, hard.child_token(), &tasks))
         .transpose()?;
     if let Some(c) = &cluster {
         c.attach(cp.clone());
@@ -194,6 +194,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         cp.clone(),
         cluster.is_some(),
         streams.clone(),
+        webhooks.as_ref().map(|w| w.stats()),
         config.drain.clone(),
         shutdown.clone(),
         hard.clone(),
@@ -226,6 +227,7 @@ async fn drain(
     cp: ControlPlane,
     clustered: bool,
     streams: Streams,
+    mut webhook_stats: Option<tokio::sync::watch::Receiver<webhooks::Stats>>,
     settings: config::DrainSettings,
     shutdown: CancellationToken,
     hard: CancellationToken,
@@ -247,7 +249,11 @@ async fn drain(
     loop {
         let agents_left = clustered && cp.agents().iter().any(|a| a.connected);
         let running = streams.running();
-        if !agents_left && running == 0 {
+        // Disconnects the webhooks hold until the cluster shows where the agent went.
+        let held = webhook_stats
+            .as_ref()
+            .map_or(0, |w| w.borrow().held_disconnects);
+        if !agents_left && running == 0 && held == 0 {
             info!("Drained.");
             break;
         }
@@ -259,6 +265,16 @@ async fn drain(
             _ = hard.cancelled() => return,
             _ = sessions.changed() => {}
             _ = ended.changed() => {}
+            _ = async {
+                match webhook_stats.as_mut() {
+                    Some(w) => {
+                        if w.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    None => std::future::pending().await,
+                }
+            } => {}
         }
     }
     hard.cancel();

@@ -217,6 +217,10 @@ impl Reporter {
                 k.session_id = rec.session_id.clone();
                 vec![connected(rec)]
             }
+            DirectoryEvent::Disconnected(rec) if rec.moved => {
+                // It closed this link because it is connected elsewhere (make-before-break).
+                Vec::new()
+            }
             DirectoryEvent::Disconnected(rec) => {
                 let k = self.known.entry(rec.agent_id.clone()).or_default();
                 if k.session_id == rec.session_id && !k.connected {
@@ -355,6 +359,9 @@ pub struct Stats {
     pub attempts: u64,
     /// Times the reader lagged behind the engine and re-read the directory.
     pub resyncs: u64,
+    /// Disconnects held back until the cluster shows whether the agent is still connected
+    /// elsewhere (cluster only). A drain waits for them to be decided.
+    pub held_disconnects: usize,
 }
 
 /// An event ready to send: its body is serialized once, so every attempt sends the same bytes.
@@ -508,6 +515,7 @@ impl Webhooks {
 /// what is queued for `shutdown_grace`, then stops.
 pub fn start(
     cp: &ControlPlane,
+    cluster: Option<crate::cluster::Cluster>,
     settings: WebhookSettings,
     shutdown: CancellationToken,
     tasks: &TaskTracker,
@@ -530,7 +538,13 @@ pub fn start(
         stats: watch::channel(Stats::default()).0,
     });
     let events = cp.directory_events();
-    tasks.spawn(read(cp.clone(), events, shared.clone(), shutdown.clone()));
+    tasks.spawn(read(
+        cp.clone(),
+        cluster,
+        events,
+        shared.clone(),
+        shutdown.clone(),
+    ));
     info!(
         url = %settings.url,
         max_attempts = settings.max_attempts,
@@ -548,20 +562,74 @@ pub fn start(
 }
 
 /// The reader: directory events into the queue, never waiting on delivery.
+///
+/// In a cluster, a disconnect is held for the cluster's `node_ttl` and dropped if the agent is
+/// then connected anywhere (it moved to another node, or came back): the backend hears
+/// `agent.disconnected` only for an agent that is really gone, whichever node it left.
 async fn read(
     cp: ControlPlane,
+    cluster: Option<crate::cluster::Cluster>,
     mut events: broadcast::Receiver<DirectoryEvent>,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
     let mut reporter = Reporter::new();
+    // Disconnects held back (cluster only): agent id → (when to decide, the event).
+    let mut held: HashMap<String, (tokio::time::Instant, DirectoryEvent)> = HashMap::new();
     loop {
+        let next_due = held.values().map(|(at, _)| *at).min();
         let ev = tokio::select! {
+            // A drain waits for what is held (`held_disconnects`), so normally nothing is left.
             _ = shutdown.cancelled() => return,
+            _ = async {
+                match next_due {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let now = tokio::time::Instant::now();
+                let due: Vec<String> = held
+                    .iter()
+                    .filter(|(_, (at, _))| *at <= now)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for id in due {
+                    let Some((_, ev)) = held.remove(&id) else { continue };
+                    let n = held.len();
+                    shared.stats.send_modify(|s| s.held_disconnects = n);
+                    let elsewhere = cluster.as_ref().and_then(|c| c.holder(&id));
+                    match elsewhere {
+                        Some(node) => debug!(agent_id = %id, node, "Disconnect not reported: the agent is connected to the cluster."),
+                        None => shared.enqueue(reporter.on_event(&ev)),
+                    }
+                }
+                continue;
+            }
             ev = events.recv() => ev,
         };
         match ev {
-            Ok(ev) => shared.enqueue(reporter.on_event(&ev)),
+            Ok(DirectoryEvent::Disconnected(rec)) if cluster.is_some() => {
+                let grace = cluster.as_ref().map_or(Duration::ZERO, |c| c.node_ttl());
+                held.insert(
+                    rec.agent_id.clone(),
+                    (
+                        tokio::time::Instant::now() + grace,
+                        DirectoryEvent::Disconnected(rec),
+                    ),
+                );
+                let n = held.len();
+                shared.stats.send_modify(|s| s.held_disconnects = n);
+            }
+            Ok(ev) => {
+                if let DirectoryEvent::Connected(rec) = &ev {
+                    // Back before its disconnect was decided: never gone.
+                    if held.remove(&rec.agent_id).is_some() {
+                        let n = held.len();
+                        shared.stats.send_modify(|s| s.held_disconnects = n);
+                    }
+                }
+                shared.enqueue(reporter.on_event(&ev))
+            }
             Err(broadcast::error::RecvError::Lagged(missed)) => {
                 warn!(missed, "Webhooks fell behind the directory; re-reading it.");
                 shared.stats.send_modify(|s| s.resyncs += 1);
@@ -903,6 +971,7 @@ mod tests {
                 .then(|| SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_100)),
             last_heartbeat: None,
             status: tools.map(status),
+            moved: false,
         }
     }
 

@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use common::cluster::{Files, Lb, Nats, Node, logs};
+use common::cluster::{Files, Lb, Nats, Node, Receiver, logs};
 use common::{
     Agent, OPERATOR, Sse, agent_config, fifo, get_json, json_of, release, send, token_of, within,
 };
@@ -305,7 +305,9 @@ async fn a_rolling_restart_of_every_node_under_load_fails_no_call() {
     let nats = Nats::start().await;
     // A node holding a running operator stream waits at most 3 s for it, then stops; the
     // client resumes it through another node.
-    let files = Files::new_with_drain_timeout("", 3);
+    // Every node posts webhooks to one receiver: a move must not be reported as a disconnect.
+    let hooks = Receiver::start().await;
+    let files = Files::new_with_drain_timeout(&hooks.toml(), 3);
     let mut nodes = [
         Node::start("a", &nats, &files).await,
         Node::start("b", &nats, &files).await,
@@ -334,6 +336,32 @@ async fn a_rolling_restart_of_every_node_under_load_fails_no_call() {
     let long = tokio::spawn(follow(operators_lb.addr, "a1", "long-1", command));
     // Steady load: calls one after another to each agent until the restarts are over.
     let done = Arc::new(AtomicBool::new(false));
+    // Meanwhile the directory, sampled through the balancer, never shows an agent offline
+    // (every agent stays connected: it moves make-before-break).
+    let watcher = {
+        let (done, lb) = (done.clone(), operators_lb.addr);
+        tokio::spawn(async move {
+            let (mut offline, mut samples) = (Vec::new(), 0u32);
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
+            while !done.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let Some(resp) = try_send(lb, "GET", "/v1/agents", &[], None).await else {
+                    continue;
+                };
+                let (status, v) = json_of(resp).await;
+                if status != 200 {
+                    continue;
+                }
+                samples += 1;
+                for a in v["agents"].as_array().into_iter().flatten() {
+                    if a["state"] != "connected" {
+                        offline.push(a.to_string());
+                    }
+                }
+            }
+            (offline, samples)
+        })
+    };
     let retried = Arc::new(AtomicU64::new(0));
     let (progress_tx, mut progress) = tokio::sync::watch::channel(0u64);
     let progress_tx = Arc::new(progress_tx);
@@ -384,6 +412,26 @@ async fn a_rolling_restart_of_every_node_under_load_fails_no_call() {
         .unwrap();
     }
     done.store(true, Ordering::Relaxed);
+    let (shown_offline, samples) = within(30, "the directory watcher", watcher).await.unwrap();
+    assert!(
+        samples >= 10,
+        "the directory was sampled during the restarts: {samples}"
+    );
+    assert!(
+        shown_offline.is_empty(),
+        "connected agents shown disconnected during the restarts: {shown_offline:?}"
+    );
+    assert_eq!(
+        hooks.count("agent.disconnected"),
+        0,
+        "webhooks: {:?}",
+        hooks.events.lock().unwrap()
+    );
+    assert!(
+        hooks.count("agent.connected") >= 6,
+        "each agent's first connect and its moves are reported: {:?}",
+        hooks.events.lock().unwrap()
+    );
     let mut total = 0;
     let mut failures = Vec::new();
     for l in load {

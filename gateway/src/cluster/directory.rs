@@ -157,7 +157,11 @@ pub(super) fn start_writer(cluster: &Cluster, cp: ControlPlane) {
                     me.update(&cp, &mut owned, &record).await
                 }
                 Ok(DirectoryEvent::Disconnected(rec)) => {
-                    me.update(&cp, &mut owned, &rec).await;
+                    // Moved (make-before-break): connected elsewhere, and the node it moved to
+                    // writes the entry; marking it offline here could only be wrong.
+                    if !rec.moved {
+                        me.update(&cp, &mut owned, &rec).await;
+                    }
                     owned.remove(&rec.agent_id);
                 }
                 Err(RecvError::Lagged(n)) => {

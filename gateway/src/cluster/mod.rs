@@ -117,6 +117,7 @@ struct Inner {
     mirror: Mutex<HashMap<String, directory::Entry>>,
     /// Nodes heard from, with when.
     nodes: Mutex<HashMap<String, Instant>>,
+    started: Instant,
     /// Bumped when the mirror or the node table changes.
     changed: watch::Sender<u64>,
     stop: CancellationToken,
@@ -201,6 +202,7 @@ impl Cluster {
                 cp: OnceLock::new(),
                 mirror: Mutex::new(HashMap::new()),
                 nodes: Mutex::new(HashMap::new()),
+                started: Instant::now(),
                 changed: watch::channel(0).0,
                 stop,
                 tasks,
@@ -224,6 +226,11 @@ impl Cluster {
         &self.inner.node
     }
 
+    /// Silence after which a node counts as dead.
+    pub fn node_ttl(&self) -> Duration {
+        self.inner.settings.node_ttl
+    }
+
     fn cp(&self) -> Option<&ControlPlane> {
         self.inner.cp.get()
     }
@@ -233,12 +240,16 @@ impl Cluster {
         self.inner.changed.subscribe()
     }
 
-    /// True when `node` is this node or was heard from within `node_ttl`.
+    /// True when `node` is this node or was heard from within `node_ttl`. A node not heard
+    /// from at all counts as alive during this node's first `node_ttl` (its beats may not
+    /// have arrived yet): a node that just started does not show every agent offline.
     pub fn node_alive(&self, node: &str) -> bool {
+        let ttl = self.inner.settings.node_ttl;
         node == self.inner.node
-            || lock(&self.inner.nodes)
-                .get(node)
-                .is_some_and(|t| t.elapsed() < self.inner.settings.node_ttl)
+            || match lock(&self.inner.nodes).get(node) {
+                Some(t) => t.elapsed() < ttl,
+                None => self.inner.started.elapsed() < ttl,
+            }
     }
 
     /// Live nodes, this one included, sorted.

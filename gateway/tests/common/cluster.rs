@@ -73,6 +73,15 @@ impl Files {
         let agents: String = AGENTS.iter().map(|(a, t)| format!("{a} {t}\n")).collect();
         std::fs::write(dir.path().join("agents"), agents).unwrap();
         std::fs::write(dir.path().join("operators"), format!("{OPERATOR}\n")).unwrap();
+        std::fs::write(
+            dir.path().join("webhook-secret"),
+            "webhook-secret-0123456789\n",
+        )
+        .unwrap();
+        let extra_toml = extra_toml.replace(
+            "WEBHOOK_SECRET_FILE",
+            &dir.path().join("webhook-secret").display().to_string(),
+        );
         let toml = format!(
             "heartbeat_interval_ms = 200\n{extra_toml}\n[cluster]\nstorage = \"memory\"\nnode_beat_ms = 200\nnode_ttl_ms = 1000\nopen_wait_ms = 15000\n[drain]\nspread_ms = 300\ntimeout_s = {drain_timeout_s}\n"
         );
@@ -246,6 +255,75 @@ impl Lb {
 
     pub fn url(&self) -> String {
         format!("ws://{}/dtma/connect", self.addr)
+    }
+}
+
+/// A webhook receiver on 127.0.0.1: answers 200 and keeps `(type, agent_id)` of each event.
+pub struct Receiver {
+    pub addr: SocketAddr,
+    pub events: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+impl Receiver {
+    pub async fn start() -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let kept = events.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let kept = kept.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let kept = kept.clone();
+                            async move {
+                                use http_body_util::BodyExt;
+                                let body = req
+                                    .into_body()
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes())
+                                    .unwrap_or_default();
+                                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) {
+                                    kept.lock().unwrap().push((
+                                        v["type"].as_str().unwrap_or_default().to_owned(),
+                                        v["agent_id"].as_str().unwrap_or_default().to_owned(),
+                                    ));
+                                }
+                                Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                    http_body_util::Full::new(bytes::Bytes::new()),
+                                ))
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                        .await;
+                });
+            }
+        });
+        Receiver { addr, events }
+    }
+
+    /// The `[webhooks]` section for [`Files::new`].
+    pub fn toml(&self) -> String {
+        format!(
+            "[webhooks]\nurl = \"http://{}/hook\"\nsecret_file = \"WEBHOOK_SECRET_FILE\"\nbackoff_base_ms = 20\nbackoff_cap_ms = 200\n",
+            self.addr
+        )
+    }
+
+    pub fn count(&self, kind: &str) -> usize {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, _)| t == kind)
+            .count()
     }
 }
 
