@@ -560,6 +560,11 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// Close agent `id`'s session with `code` and `reason` (e.g. its token was revoked).
+    pub fn disconnect(&self, agent: &str, code: u16, reason: &str) -> Result<(), Error> {
+        self.send_frame(agent, close(code, reason))
+    }
+
     /// Send any message to agent `id`.
     pub fn send(&self, agent: &str, m: &BackendMessage) -> Result<(), Error> {
         let s = self

@@ -42,6 +42,12 @@ pub struct Args {
     /// Where agent events are POSTed (`http://` or `https://`); none: no webhooks.
     #[arg(long, env = "DTMA_GATEWAY_WEBHOOK_URL")]
     pub webhook_url: Option<String>,
+    /// PEM certificate chain for the agent listener (agents then dial `wss://`).
+    #[arg(long, env = "DTMA_GATEWAY_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for the agent listener.
+    #[arg(long, env = "DTMA_GATEWAY_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
     /// NATS server of the cluster (`nats://HOST:4222`); none: a node on its own.
     #[arg(long, env = "DTMA_GATEWAY_NATS_URL")]
     pub nats_url: Option<String>,
@@ -219,6 +225,9 @@ pub struct Config {
     pub webhooks: Option<WebhookSettings>,
     /// Scale-out through NATS; `None`: one node on its own.
     pub cluster: Option<ClusterSettings>,
+    /// TLS on the agent listener: (certificate chain, private key), PEM files. `None`: plain
+    /// `ws://` (TLS terminated in front, or a private network).
+    pub tls: Option<(PathBuf, PathBuf)>,
     pub drain: DrainSettings,
 }
 
@@ -235,6 +244,7 @@ impl Config {
             log_format: LogFormat::Text,
             webhooks: None,
             cluster: None,
+            tls: None,
             drain: DrainSettings::default(),
         }
     }
@@ -299,6 +309,18 @@ impl Config {
         };
         c.webhooks = webhooks(args, file.webhooks)?;
         c.cluster = cluster(args, file.cluster)?;
+        c.tls = match (
+            args.tls_cert.clone().or(file.tls.cert_file),
+            args.tls_key.clone().or(file.tls.key_file),
+        ) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => {
+                return Err(Error::Invalid(
+                    "tls: give both the certificate (--tls-cert) and the key (--tls-key)".into(),
+                ));
+            }
+        };
         let d = DrainSettings::default();
         c.drain = DrainSettings {
             spread: file.drain.spread_ms.map_or(d.spread, Duration::from_millis),
@@ -457,7 +479,16 @@ struct FileConfig {
     #[serde(default)]
     cluster: FileCluster,
     #[serde(default)]
+    tls: FileTls,
+    #[serde(default)]
     drain: FileDrain,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTls {
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]

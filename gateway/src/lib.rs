@@ -29,7 +29,7 @@ use tracing::{info, warn};
 
 pub use config::Config;
 use streams::Streams;
-use tokens::FileTokenStore;
+use tokens::{FileTokenStore, ReloadableTokens};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +44,8 @@ pub enum StartError {
     SharedToken(usize),
     #[error(transparent)]
     Cluster(#[from] cluster::Error),
+    #[error("TLS for the agent listener: {0}")]
+    Tls(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -55,6 +57,7 @@ pub enum StartError {
 pub struct Running {
     agent_addr: SocketAddr,
     operator_addr: SocketAddr,
+    tokens: Arc<ReloadableTokens>,
     cluster: Option<cluster::Cluster>,
     cp: ControlPlane,
     streams: Streams,
@@ -73,6 +76,22 @@ impl Running {
     /// Where the operator API listens.
     pub fn operator_addr(&self) -> SocketAddr {
         self.operator_addr
+    }
+
+    /// Read the agent token file again (SIGHUP does this): new tokens work at once; sessions
+    /// of agent ids left without any token are closed (4003 "token revoked"), and they cannot
+    /// connect again. On a bad file, the tokens in force stay and the error is returned.
+    /// Returns how many tokens are in force.
+    pub fn reload_tokens(&self) -> Result<usize, tokens::Error> {
+        self.token_reloader().reload()
+    }
+
+    /// A handle that reloads the token file (for a signal handler).
+    pub fn token_reloader(&self) -> TokenReloader {
+        TokenReloader {
+            tokens: self.tokens.clone(),
+            cp: self.cp.clone(),
+        }
     }
 
     /// This node's cluster handle, when it runs in one.
@@ -104,6 +123,31 @@ impl Running {
     }
 }
 
+/// Reloads the agent token file: see [`Running::reload_tokens`].
+#[derive(Clone)]
+pub struct TokenReloader {
+    tokens: Arc<ReloadableTokens>,
+    cp: ControlPlane,
+}
+
+impl TokenReloader {
+    pub fn reload(&self) -> Result<usize, tokens::Error> {
+        self.tokens.reload()?;
+        let now = self.tokens.current();
+        for rec in self.cp.agents() {
+            if rec.connected && !now.has_agent(&rec.agent_id) {
+                info!(agent_id = %rec.agent_id, "Agent token revoked: closing its session.");
+                let _ = self.cp.disconnect(
+                    &rec.agent_id,
+                    dtma_protocol::close_code::PROTOCOL_ERROR,
+                    "token revoked",
+                );
+            }
+        }
+        Ok(now.len())
+    }
+}
+
 /// Bind both listeners and start serving. Everything stops when `shutdown` is cancelled: the
 /// listeners, agent sessions, operator streams (their bodies end) and retention timers.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, StartError> {
@@ -117,6 +161,20 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         return Err(StartError::SharedToken(i + 1));
     }
     let agent_tokens = store.len();
+    drop(store);
+    let tokens = Arc::new(ReloadableTokens::load(
+        &config.agent_tokens,
+        config
+            .operator_tokens
+            .iter()
+            .map(|t| tokens::digest(t.expose()))
+            .collect(),
+    )?);
+    let tls = config
+        .tls
+        .as_ref()
+        .map(|(c, k)| tls_config(c, k))
+        .transpose()?;
     let tasks = TaskTracker::new();
     // `shutdown` starts the drain; `hard` ends everything once the drain is over.
     let hard = CancellationToken::new();
@@ -132,7 +190,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         resume_hook: cluster
             .clone()
             .map(|c| Arc::new(c) as Arc<dyn dtma_control_plane::ResumeHook>),
-        token_store: Some(Arc::new(store)),
+        token_store: Some(tokens.clone()),
         operator_http: false,
         initial_credit: config.streams.initial_credit,
         heartbeat_interval_ms: config
@@ -165,7 +223,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     }
     let agent_server = cp.serve_until(
         agent_listener,
-        None,
+        tls,
         shutdown.child_token(),
         hard.child_token(),
     );
@@ -209,6 +267,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     Ok(Running {
         agent_addr,
         operator_addr,
+        tokens,
         cluster,
         cp,
         streams,
@@ -278,6 +337,36 @@ async fn drain(
         }
     }
     hard.cancel();
+}
+
+/// The agent listener's TLS from PEM files (ring, TLS 1.2 and 1.3).
+fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<Arc<rustls::ServerConfig>, StartError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let e = |what: &str, path: &std::path::Path, err: String| {
+        StartError::Tls(format!("{what} {}: {err}", path.display()))
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|x| e("cannot read the certificate", cert, x.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|x| e("bad certificate in", cert, x.to_string()))?;
+    if certs.is_empty() {
+        return Err(e("no certificate in", cert, "empty".into()));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key)
+        .map_err(|x| e("cannot read the private key", key, x.to_string()))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|x| StartError::Tls(x.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key_der)
+    .map_err(|x| StartError::Tls(format!("certificate and key do not fit: {x}")))?;
+    Ok(Arc::new(config))
 }
 
 /// [`start`], then [`Running::join`].

@@ -29,14 +29,39 @@ async fn main() -> std::process::ExitCode {
     tracing::info!(?config, "Starting.");
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
-    match dtma_gateway::run(config, shutdown).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+    match dtma_gateway::start(config, shutdown.clone()).await {
+        Ok(running) => {
+            tokio::spawn(reload_on_sighup(running.token_reloader(), shutdown));
+            running.join().await;
+            std::process::ExitCode::SUCCESS
+        }
         Err(e) => {
             tracing::error!(error = %e, "Cannot start.");
             std::process::ExitCode::from(match e {
                 dtma_gateway::StartError::Bind { .. } => 69,
                 _ => 64,
             })
+        }
+    }
+}
+
+/// SIGHUP: read the agent token file again (a bad file keeps the tokens in force).
+async fn reload_on_sighup(reloader: dtma_gateway::TokenReloader, shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("Cannot install the SIGHUP handler; token reload needs a restart.");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = hup.recv() => if r.is_none() { return },
+        }
+        match reloader.reload() {
+            Ok(n) => tracing::info!(tokens = n, "Agent tokens reloaded."),
+            Err(e) => {
+                tracing::error!(error = %e, "Agent tokens not reloaded; the previous ones stay.")
+            }
         }
     }
 }

@@ -5,8 +5,9 @@
 //! agent id, and an agent presenting it must say that id in `hello`. Tokens are kept as SHA-256
 //! digests, so a lookup's timing says nothing about the stored tokens.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use dtma_control_plane::auth::BoxFuture;
 use dtma_control_plane::{AgentGrant, TokenStore, TokenStoreError};
@@ -89,6 +90,81 @@ impl FileTokenStore {
     pub fn is_empty(&self) -> bool {
         self.by_digest.is_empty()
     }
+
+    /// Whether some token of the file belongs to `agent_id`.
+    pub fn has_agent(&self, agent_id: &str) -> bool {
+        self.by_digest.values().any(|id| id == agent_id)
+    }
+}
+
+/// The token file, re-read on demand (`Running::reload_tokens`, SIGHUP): a rotation or a
+/// revocation needs no restart. A file that does not parse, or that now holds an operator
+/// token, is refused and the tokens in force stay.
+pub struct ReloadableTokens {
+    path: PathBuf,
+    operator: HashSet<TokenDigest>,
+    current: RwLock<Arc<FileTokenStore>>,
+}
+
+impl std::fmt::Debug for ReloadableTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReloadableTokens")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl ReloadableTokens {
+    /// Read `path`; refuse a file that holds one of the `operator` tokens.
+    pub fn load(path: &Path, operator: HashSet<TokenDigest>) -> Result<ReloadableTokens, Error> {
+        let store = ReloadableTokens::read(path, &operator)?;
+        Ok(ReloadableTokens {
+            path: path.to_owned(),
+            operator,
+            current: RwLock::new(Arc::new(store)),
+        })
+    }
+
+    fn read(path: &Path, operator: &HashSet<TokenDigest>) -> Result<FileTokenStore, Error> {
+        let store = FileTokenStore::load(path)?;
+        if store.by_digest.keys().any(|d| operator.contains(d)) {
+            return Err(Error::SharedToken(path.to_owned()));
+        }
+        Ok(store)
+    }
+
+    /// Read the file again. On success the new tokens are in force (for new connections) and
+    /// the previous store is returned, so the caller can end sessions of agents that lost
+    /// every token.
+    pub fn reload(&self) -> Result<Arc<FileTokenStore>, Error> {
+        let store = Arc::new(ReloadableTokens::read(&self.path, &self.operator)?);
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        Ok(std::mem::replace(&mut *current, store))
+    }
+
+    /// The tokens in force.
+    pub fn current(&self) -> Arc<FileTokenStore> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl TokenStore for ReloadableTokens {
+    fn lookup<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<Option<AgentGrant>, TokenStoreError>> {
+        let grant = self
+            .current()
+            .by_digest
+            .get(&digest(token))
+            .map(|id| AgentGrant {
+                agent_id: Some(id.clone()),
+            });
+        Box::pin(std::future::ready(Ok(grant)))
+    }
 }
 
 impl TokenStore for FileTokenStore {
@@ -116,6 +192,8 @@ pub enum Error {
         line: usize,
         reason: &'static str,
     },
+    #[error("{0} holds an operator token: operator and agent tokens must differ")]
+    SharedToken(PathBuf),
 }
 
 #[cfg(test)]

@@ -1,0 +1,130 @@
+//! The agent listener's TLS, and reloading the agent token file while running.
+
+mod common;
+
+use common::*;
+use dtma::agent::LinkState;
+
+/// Wait until the agent's link state satisfies `f`.
+async fn link_until(agent: &Agent, what: &str, f: impl Fn(&LinkState) -> bool) {
+    let mut link = agent.link();
+    within(20, what, link.wait_for(|s| f(s))).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agents_dial_wss_when_the_agent_listener_has_a_certificate() {
+    let key = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, private) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, key.cert.pem()).unwrap();
+    std::fs::write(&private, key.signing_key.serialize_pem()).unwrap();
+    let gw = Gw::start_with(|c| c.tls = Some((cert.clone(), private.clone()))).await;
+    let url = format!(
+        "wss://localhost:{}/dtma/connect",
+        gw.r().agent_addr().port()
+    );
+    let mut config = agent_config("a1", token_of("a1"), url);
+    if let Some(ch) = config.channel.as_mut() {
+        ch.ca_file = Some(cert.clone());
+    }
+    let _agent = Agent::start_with(config).await;
+    connected(&gw, "a1").await;
+    let (status, answer) = json_of(
+        send(
+            gw.api(),
+            "POST",
+            "/v1/agents/a1/requests?wait=true",
+            Some(OPERATOR),
+            &[],
+            Some(r#"{"type":"exec","command":"echo over-tls"}"#.into()),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["stdout"], "over-tls\n");
+
+    // Plain WebSocket to the TLS port does not get a session.
+    let plain = Agent::start_with(agent_config(
+        "a2",
+        token_of("a2"),
+        format!("ws://127.0.0.1:{}/dtma/connect", gw.r().agent_addr().port()),
+    ))
+    .await;
+    link_until(&plain, "a failed plain dial", |s| {
+        matches!(s, LinkState::BackingOff { .. })
+    })
+    .await;
+    assert!(gw.r().control_plane().session("a2").is_none());
+}
+
+#[tokio::test]
+async fn a_certificate_that_does_not_parse_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, "not a certificate").unwrap();
+    std::fs::write(&key, "not a key").unwrap();
+    let tokens = dir.path().join("agents");
+    std::fs::write(&tokens, "a1 agent-a1-token-0123456789\n").unwrap();
+    let mut config =
+        dtma_gateway::Config::new(&tokens, vec![dtma_gateway::config::Secret::new(OPERATOR)]);
+    config.agent_listen = "127.0.0.1:0".parse().unwrap();
+    config.operator_listen = "127.0.0.1:0".parse().unwrap();
+    config.tls = Some((cert, key));
+    match dtma_gateway::start(config, tokio_util::sync::CancellationToken::new()).await {
+        Err(dtma_gateway::StartError::Tls(msg)) => assert!(msg.contains("cert.pem"), "{msg}"),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("started with a bad certificate"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reloading_the_token_file_admits_new_tokens_and_revokes_removed_ones() {
+    let mut file = None;
+    let gw = Gw::start_with(|c| file = Some(c.agent_tokens.clone())).await;
+    let file = file.unwrap();
+    let a1 = Agent::start("a1", &gw).await;
+    connected(&gw, "a1").await;
+    // A new agent whose token is not in the file yet is refused.
+    let newcomer_token = "agent-a4-token-0123456789";
+    let a4 = Agent::start_with(agent_config("a4", newcomer_token, gw.url())).await;
+    link_until(
+        &a4,
+        "a4 refused",
+        |s| matches!(s, LinkState::BackingOff { cause, .. } if cause.contains("401")),
+    )
+    .await;
+
+    // A file that does not parse is refused; the tokens in force stay.
+    std::fs::write(&file, "a1 short\n").unwrap();
+    assert!(gw.r().reload_tokens().is_err());
+    assert!(gw.r().control_plane().session("a1").is_some());
+
+    // a1 loses its token, a4 gets one.
+    std::fs::write(
+        &file,
+        format!(
+            "a2 {}\na3 {}\na4 {newcomer_token}\n",
+            token_of("a2"),
+            token_of("a3")
+        ),
+    )
+    .unwrap();
+    assert_eq!(gw.r().reload_tokens().unwrap(), 3);
+    connected(&gw, "a4").await;
+    // a1's session is closed, and its next dial is refused.
+    link_until(
+        &a1,
+        "a1 revoked",
+        |s| matches!(s, LinkState::BackingOff { cause, .. } if cause.contains("401")),
+    )
+    .await;
+    assert!(gw.r().control_plane().session("a1").is_none());
+
+    // An operator token in the agent file is refused on reload too.
+    std::fs::write(&file, format!("a2 {OPERATOR}\n")).unwrap();
+    assert!(matches!(
+        gw.r().reload_tokens(),
+        Err(dtma_gateway::tokens::Error::SharedToken(_))
+    ));
+}
