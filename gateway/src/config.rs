@@ -94,6 +94,9 @@ pub struct StreamSettings {
     pub max_streams: usize,
     /// The credit window each stream starts with (`welcome.initial_credit`).
     pub initial_credit: u64,
+    /// A follow (`logs_follow`, `mcp_events`) that no client has read for this long is
+    /// cancelled at the agent; `None`: never. Commands are not affected.
+    pub unattended_cancel: Option<Duration>,
 }
 
 impl Default for StreamSettings {
@@ -104,6 +107,7 @@ impl Default for StreamSettings {
             wait_output_bytes: 1 << 20,
             max_streams: 10_000,
             initial_credit: 1 << 20,
+            unattended_cancel: Some(Duration::from_secs(300)),
         }
     }
 }
@@ -296,6 +300,11 @@ impl Config {
             wait_output_bytes: s.wait_output_bytes.unwrap_or(d.wait_output_bytes),
             max_streams: s.max_streams.unwrap_or(d.max_streams),
             initial_credit: s.initial_credit.unwrap_or(d.initial_credit),
+            unattended_cancel: match s.unattended_cancel_s {
+                None => d.unattended_cancel,
+                Some(0) => None,
+                Some(n) => Some(Duration::from_secs(n)),
+            },
         };
         c.heartbeat_interval = file.heartbeat_interval_ms.map(Duration::from_millis);
         c.log_format = match args.log_format.as_deref().or(file.log_format.as_deref()) {
@@ -533,6 +542,7 @@ struct FileStreams {
     wait_output_bytes: Option<usize>,
     max_streams: Option<usize>,
     initial_credit: Option<u64>,
+    unattended_cancel_s: Option<u64>,
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, Error> {

@@ -27,7 +27,7 @@ use dtma_protocol::{AgentMessage, Request, RequestBody};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::cluster::{Cluster, RouteError, events::Reader};
 use crate::config::StreamSettings;
@@ -149,6 +149,48 @@ impl Streams {
                 tasks,
             }),
         }
+        .with_reaper()
+    }
+
+    /// Follows (`logs_follow`, `mcp_events`) never end by themselves: one nobody has read for
+    /// `unattended_cancel` is cancelled at the agent, so that a closed browser tab does not
+    /// leave a follow (and a stream slot) behind forever. Commands are left alone: they end.
+    fn with_reaper(self) -> Streams {
+        let Some(after) = self.inner.settings.unattended_cancel else {
+            return self;
+        };
+        let streams = self.clone();
+        self.inner.tasks.spawn(async move {
+            let mut tick = tokio::time::interval((after / 4).clamp(
+                std::time::Duration::from_millis(10),
+                std::time::Duration::from_secs(1),
+            ));
+            loop {
+                tokio::select! {
+                    _ = streams.inner.stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let due: Vec<Arc<Stream>> = lock(&streams.inner.map)
+                    .values()
+                    .filter(|s| s.unattended_for().is_some_and(|d| d >= after))
+                    .cloned()
+                    .collect();
+                for s in due {
+                    s.cancel_sent.store(true, std::sync::atomic::Ordering::Relaxed);
+                    info!(agent_id = %s.agent, request_id = %s.id, "Nobody reads this follow: cancelling it.");
+                    let cancel = RequestBody::Cancel(dtma_protocol::Cancel { target: s.id.clone() });
+                    let id = format!("{}~unattended-cancel", s.id);
+                    let streams = streams.clone();
+                    // Spawned: in a cluster an open may wait for the agent's node.
+                    streams.inner.tasks.clone().spawn(async move {
+                        if let Err(e) = streams.open(&s.agent, id, None, cancel).await {
+                            warn!(agent_id = %s.agent, request_id = %s.id, error = %e, "Cannot cancel an unattended follow.");
+                        }
+                    });
+                }
+            }
+        });
+        self
     }
 
     /// Send `body` to `agent` as request `id`, or attach to the stream already holding that id
@@ -231,14 +273,12 @@ impl Streams {
         if let Some(existing) = map.get(&key) {
             return (existing.clone(), false);
         }
-        let stream = Arc::new(Stream {
-            agent: agent.to_owned(),
+        let stream = Arc::new(Stream::new(
+            agent,
             id,
             body,
-            buf: Mutex::new(Buf::default()),
-            changed: watch::channel(0).0,
-            cap: self.inner.settings.buffer_bytes,
-        });
+            self.inner.settings.buffer_bytes,
+        ));
         map.insert(key.clone(), stream.clone());
         drop(map);
         self.spawn_pump(key, stream.clone(), source);
@@ -284,14 +324,12 @@ impl Streams {
             .cp
             .request_with_id(agent, id.clone(), expires_at, body.clone())
             .map_err(|_| OpenError::AgentOffline(agent.to_owned()))?;
-        let stream = Arc::new(Stream {
-            agent: agent.to_owned(),
-            id: id.clone(),
+        let stream = Arc::new(Stream::new(
+            agent,
+            id.clone(),
             body,
-            buf: Mutex::new(Buf::default()),
-            changed: watch::channel(0).0,
-            cap: self.inner.settings.buffer_bytes,
-        });
+            self.inner.settings.buffer_bytes,
+        ));
         map.insert(key.clone(), stream.clone());
         drop(map);
         info!(agent_id = %agent, request_id = %id, kind, "Request sent.");
@@ -387,6 +425,10 @@ pub struct Stream {
     /// Bumped on every change (event appended, end, reader progress).
     changed: watch::Sender<u64>,
     cap: usize,
+    /// Cursors reading it now, and since when none has.
+    readers: Mutex<(usize, std::time::Instant)>,
+    /// The reaper has cancelled it (see `Streams::with_reaper`).
+    cancel_sent: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -427,11 +469,39 @@ impl Stream {
             });
         }
         drop(buf);
+        lock(&self.readers).0 += 1;
         Ok(Cursor {
             stream: self.clone(),
             next: from,
             rx,
         })
+    }
+
+    fn new(agent: &str, id: String, body: RequestBody, cap: usize) -> Stream {
+        Stream {
+            agent: agent.to_owned(),
+            id,
+            body,
+            buf: Mutex::new(Buf::default()),
+            changed: watch::channel(0).0,
+            cap,
+            readers: Mutex::new((0, std::time::Instant::now())),
+            cancel_sent: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// How long a running follow has had no reader; `None` while read, ended, not a follow,
+    /// or already cancelled.
+    fn unattended_for(&self) -> Option<std::time::Duration> {
+        let follow = matches!(
+            self.body,
+            RequestBody::LogsFollow(_) | RequestBody::McpEvents(_)
+        );
+        if !follow || self.ended() || self.cancel_sent.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
+        let (n, since) = *lock(&self.readers);
+        (n == 0).then(|| since.elapsed())
     }
 
     /// True once the terminal event is buffered.
@@ -525,6 +595,16 @@ pub enum Next {
     },
 }
 
+impl Drop for Cursor {
+    fn drop(&mut self) {
+        let mut r = lock(&self.stream.readers);
+        r.0 = r.0.saturating_sub(1);
+        if r.0 == 0 {
+            r.1 = std::time::Instant::now();
+        }
+    }
+}
+
 impl Cursor {
     /// The next event; waits while there is none yet.
     pub async fn next(&mut self, stop: &CancellationToken) -> Option<Next> {
@@ -581,14 +661,12 @@ mod tests {
     use dtma_protocol::{Encoding, Exit, Fd, Output, Ping};
 
     fn stream(cap: usize) -> Arc<Stream> {
-        Arc::new(Stream {
-            agent: "a".into(),
-            id: "r".into(),
-            body: RequestBody::Ping(Ping {}),
-            buf: Mutex::new(Buf::default()),
-            changed: watch::channel(0).0,
+        Arc::new(Stream::new(
+            "a",
+            "r".into(),
+            RequestBody::Ping(Ping {}),
             cap,
-        })
+        ))
     }
 
     fn output(seq: u64) -> AgentMessage {

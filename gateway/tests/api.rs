@@ -458,3 +458,48 @@ async fn stopping_drains_running_streams_to_their_end() {
     assert!(within(20, "body end", sse.next()).await.is_none());
     within(20, "join", gw.running.take().unwrap().join()).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follow_nobody_reads_is_cancelled_at_the_agent() {
+    let gw =
+        Gw::start_with(|c| c.streams.unattended_cancel = Some(Duration::from_millis(200))).await;
+    let _agent = Agent::start("a1", &gw).await;
+    connected(&gw, "a1").await;
+    // Open a follow and go away without reading it.
+    let resp = post(
+        &gw,
+        "a1",
+        &[],
+        r#"{"type":"mcp_events","id":"ev-unread"}"#.into(),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    drop(resp);
+    // The gateway cancels it at the agent, and it ends.
+    let stream = gw.r().streams().get("a1", "ev-unread").await.unwrap();
+    let mut ended = gw.r().streams().changed();
+    within(20, "the unread follow to end", async {
+        while !stream.ended() {
+            ended.changed().await.unwrap();
+        }
+    })
+    .await;
+    let mut sse = Sse::new(
+        send(
+            gw.api(),
+            "GET",
+            "/v1/agents/a1/requests/ev-unread/events",
+            Some(OPERATOR),
+            &[],
+            None,
+        )
+        .await,
+    );
+    let mut last = None;
+    while let Some(e) = within(20, "events", sse.next()).await {
+        last = Some(e);
+    }
+    let last = last.expect("a terminal event");
+    assert_eq!(last.event, "result", "{:?}", last.data);
+    assert_eq!(last.data["data"]["reason"], "cancelled", "{:?}", last.data);
+}
