@@ -442,14 +442,21 @@ struct Buf {
     /// The highest position handed to any client.
     sent: Option<u64>,
     ended: bool,
+    /// Each attached cursor's next position: an event an attached client has not read yet is
+    /// never evicted (a slow second reader holds the stream back, as a slow single one does).
+    positions: HashMap<u64, u64>,
+    next_cursor: u64,
 }
 
 impl Buf {
-    /// Drop events a client has been sent while over the cap.
+    /// Drop events a client has been sent, and every attached client has read, while over
+    /// the cap.
     fn evict(&mut self, cap: usize) {
+        let slowest = self.positions.values().min().copied().unwrap_or(u64::MAX);
         while self.bytes > cap
             && let Some(front) = self.events.front()
             && self.sent.is_some_and(|s| front.seq <= s)
+            && front.seq < slowest
         {
             self.bytes -= front.json.len();
             self.events.pop_front();
@@ -468,10 +475,15 @@ impl Stream {
                 first_held: buf.first_held,
             });
         }
+        let mut buf = buf;
+        let id = buf.next_cursor;
+        buf.next_cursor += 1;
+        buf.positions.insert(id, from);
         drop(buf);
         lock(&self.readers).0 += 1;
         Ok(Cursor {
             stream: self.clone(),
+            id,
             next: from,
             rx,
         })
@@ -565,12 +577,17 @@ impl Stream {
     }
 
     /// A client was handed the event at `seq`.
-    fn sent(&self, seq: u64) {
+    fn sent(&self, cursor: u64, seq: u64) {
         let mut buf = lock(&self.buf);
+        buf.positions.insert(cursor, seq + 1);
         if buf.sent.is_none_or(|s| s < seq) {
             buf.sent = Some(seq);
-            buf.evict(self.cap);
-            drop(buf);
+        }
+        let before = buf.first_held;
+        buf.evict(self.cap);
+        let freed = buf.first_held != before;
+        drop(buf);
+        if freed {
             self.changed.send_modify(|v| *v += 1);
         }
     }
@@ -579,6 +596,7 @@ impl Stream {
 /// A reader of one stream from a position on.
 pub struct Cursor {
     stream: Arc<Stream>,
+    id: u64,
     next: u64,
     rx: watch::Receiver<u64>,
 }
@@ -597,6 +615,13 @@ pub enum Next {
 
 impl Drop for Cursor {
     fn drop(&mut self) {
+        {
+            let mut buf = lock(&self.stream.buf);
+            buf.positions.remove(&self.id);
+            buf.evict(self.stream.cap);
+        }
+        // The pump may be waiting for room.
+        self.stream.changed.send_modify(|v| *v += 1);
         let mut r = lock(&self.stream.readers);
         r.0 = r.0.saturating_sub(1);
         if r.0 == 0 {
@@ -620,7 +645,7 @@ impl Cursor {
                 if let Some(e) = found {
                     drop(buf);
                     self.next = e.seq + 1;
-                    self.stream.sent(e.seq);
+                    self.stream.sent(self.id, e.seq);
                     return Some(Next::Event(e));
                 }
                 if buf.ended {
@@ -723,12 +748,15 @@ mod tests {
         let mut resumed = s.cursor(1).expect("held");
         assert_eq!(next_seq(&mut resumed).await, 1);
         assert_eq!(next_seq(&mut resumed).await, 2);
-        // "Sent" is per stream, not per client: the first cursor, left behind at seq 1 while
-        // the buffer was over its cap, is told that it fell behind.
-        match c.next(&CancellationToken::new()).await {
-            Some(Next::Evicted { first_held }) => assert_eq!(first_held, 2),
-            other => panic!("{other:?}"),
-        }
+        // The first cursor, still attached at seq 1, holds what it has not read: a fast
+        // second reader does not make it fall behind.
+        assert_eq!(lock(&s.buf).first_held, 1);
+        assert_eq!(next_seq(&mut c).await, 1);
+        assert_eq!(lock(&s.buf).first_held, 2);
+        // Back under the cap: nothing more is evicted.
+        assert!(lock(&s.buf).bytes <= 300);
+        drop(c);
+        assert_eq!(lock(&s.buf).first_held, 2);
     }
 
     #[tokio::test]
