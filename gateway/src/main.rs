@@ -28,10 +28,20 @@ async fn main() -> std::process::ExitCode {
     }
     tracing::info!(?config, "Starting.");
     let shutdown = CancellationToken::new();
-    tokio::spawn(stop_on_signal(shutdown.clone()));
+    // Installed before anything listens: a signal that comes early is handled, not fatal.
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(term), Ok(int), Ok(hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        eprintln!("dtma-gateway: cannot install signal handlers");
+        return std::process::ExitCode::from(71);
+    };
+    tokio::spawn(stop_on_signal(term, int, shutdown.clone()));
     match dtma_gateway::start(config, shutdown.clone()).await {
         Ok(running) => {
-            tokio::spawn(reload_on_sighup(running.token_reloader(), shutdown));
+            tokio::spawn(reload_on_sighup(hup, running.token_reloader(), shutdown));
             running.join().await;
             std::process::ExitCode::SUCCESS
         }
@@ -46,12 +56,11 @@ async fn main() -> std::process::ExitCode {
 }
 
 /// SIGHUP: read the agent token file again (a bad file keeps the tokens in force).
-async fn reload_on_sighup(reloader: dtma_gateway::TokenReloader, shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::warn!("Cannot install the SIGHUP handler; token reload needs a restart.");
-        return;
-    };
+async fn reload_on_sighup(
+    mut hup: tokio::signal::unix::Signal,
+    reloader: dtma_gateway::TokenReloader,
+    shutdown: CancellationToken,
+) {
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -67,15 +76,11 @@ async fn reload_on_sighup(reloader: dtma_gateway::TokenReloader, shutdown: Cance
 }
 
 /// SIGTERM or SIGINT: drain (agents told to move, streams finish; see `dtma_gateway::start`).
-async fn stop_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("Cannot install signal handlers; stop with SIGKILL.");
-        return;
-    };
+async fn stop_on_signal(
+    mut term: tokio::signal::unix::Signal,
+    mut int: tokio::signal::unix::Signal,
+    shutdown: CancellationToken,
+) {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
