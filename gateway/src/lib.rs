@@ -13,6 +13,7 @@
 pub mod cluster;
 pub mod config;
 pub mod http;
+pub mod metrics;
 pub mod streams;
 pub mod tokens;
 pub mod view;
@@ -246,7 +247,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         shutdown.child_token(),
         hard.child_token(),
     )
-    .with_cluster(cluster.clone());
+    .with_cluster(cluster.clone())
+    .with_webhooks(webhooks.clone());
     http::serve(Arc::new(api), operator_listener, tasks.clone());
     tasks.spawn(drain(
         cp.clone(),

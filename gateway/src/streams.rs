@@ -375,6 +375,18 @@ impl Streams {
         Busy(self.inner.clone())
     }
 
+    /// (streams running, streams ended and retained, other work under way: operator
+    /// connections and opens).
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let map = lock(&self.inner.map);
+        let running = map.values().filter(|s| !s.ended()).count();
+        (
+            running,
+            map.len() - running,
+            self.inner.busy.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
     /// Streams whose terminal event has not arrived yet, and other work under way.
     pub fn running(&self) -> usize {
         lock(&self.inner.map)

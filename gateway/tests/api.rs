@@ -503,3 +503,80 @@ async fn a_follow_nobody_reads_is_cancelled_at_the_agent() {
     assert_eq!(last.event, "result", "{:?}", last.data);
     assert_eq!(last.data["data"]["reason"], "cancelled", "{:?}", last.data);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_agents_sessions_and_streams_without_a_token() {
+    let gw = Gw::start().await;
+    let _agent = Agent::start("a2", &gw).await;
+    connected(&gw, "a2").await;
+    let (status, answer) = json_of(
+        send(
+            gw.api(),
+            "POST",
+            "/v1/agents/a2/requests?wait=true",
+            Some(OPERATOR),
+            &[],
+            Some(r#"{"type":"exec","command":"echo counted"}"#.into()),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let resp = send(gw.api(), "GET", "/metrics", None, &[], None).await;
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+            || resp.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/plain")
+    );
+    let text = String::from_utf8(
+        http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    let value = |name: &str, label: Option<(&str, &str)>| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+            .unwrap_or_else(|| panic!("{name} {label:?} missing:\n{text}"))
+    };
+    assert_eq!(
+        value("dtma_gateway_agents", Some(("state", "connected"))),
+        1.0
+    );
+    assert!(value("dtma_gateway_sessions_total", None) >= 1.0);
+    assert_eq!(
+        value("dtma_gateway_streams", Some(("state", "retained"))),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        value("dtma_gateway_streams", Some(("state", "running"))),
+        0.0,
+        "{text}"
+    );
+    // This scrape's own connection.
+    assert!(value("dtma_gateway_operator_work", None) >= 1.0, "{text}");
+    assert_eq!(value("dtma_gateway_draining", None), 0.0);
+    // Counts only: no agent id, no token in the text.
+    assert!(
+        !text.contains("a2\"") && !text.contains(token_of("a2")),
+        "{text}"
+    );
+}

@@ -85,8 +85,12 @@ fn every_operation_says_its_errors_and_auth() {
         let open = op
             .get("security")
             .is_some_and(|s| s == &serde_json::json!([]));
-        // Health (for load balancers) and the console's static files; never a /v1 route.
-        let public = path == "/healthz" || path == "/console" || path.starts_with("/console/");
+        // Health (for load balancers), metrics (counts only) and the console's static files;
+        // never a /v1 route.
+        let public = path == "/healthz"
+            || path == "/metrics"
+            || path == "/console"
+            || path.starts_with("/console/");
         assert_eq!(
             open, public,
             "{method} {path}: only health and the console's files are open"
@@ -130,6 +134,12 @@ fn examples_validate_against_their_schemas() {
                         let m: Value = serde_json::from_str(line).unwrap();
                         agent_message(&at, &m);
                     }
+                }
+                "text/plain" => {
+                    let text = example.as_str().unwrap();
+                    let lines = text.lines().map(|l| Ok(l.to_owned()));
+                    let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
+                    assert!(!scrape.samples.is_empty(), "{at}: no sample");
                 }
                 other => panic!("{at}: unexpected media type {other}"),
             }

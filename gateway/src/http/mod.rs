@@ -46,6 +46,7 @@ pub type Body = BoxBody<Bytes, Infallible>;
 /// document, and [`route`] is the only matcher of these paths.
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/healthz"),
+    ("GET", "/metrics"),
     ("GET", "/v1/agents"),
     ("GET", "/v1/agents/{agent_id}"),
     ("POST", "/v1/agents/{agent_id}/requests"),
@@ -71,6 +72,8 @@ pub struct Api {
     next_id: AtomicU64,
     /// The cluster's directory, when the node runs in one.
     cluster: Option<crate::cluster::Cluster>,
+    /// The webhook service's counters, when it runs.
+    webhooks: Option<crate::webhooks::Webhooks>,
 }
 
 impl Api {
@@ -91,7 +94,14 @@ impl Api {
             stop,
             next_id: AtomicU64::new(0),
             cluster: None,
+            webhooks: None,
         }
+    }
+
+    /// Show the webhook counters in `/metrics`.
+    pub fn with_webhooks(mut self, webhooks: Option<crate::webhooks::Webhooks>) -> Api {
+        self.webhooks = webhooks;
+        self
     }
 
     /// List agents from the cluster's directory instead of this node's engine.
@@ -151,6 +161,22 @@ async fn route(
     let result = match segments.as_slice() {
         ["healthz"] => only(&req, Method::GET)
             .map(|()| json(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
+        // Counts only (no ids), on the operator listener: no token, as for /healthz.
+        ["metrics"] => only(&req, Method::GET).map(|()| {
+            let text = crate::metrics::render(&crate::metrics::Sources {
+                cp: &api.cp,
+                streams: &api.streams,
+                webhooks: api.webhooks.as_ref(),
+                cluster: api.cluster.as_ref(),
+                draining: api.accept_stop.is_cancelled(),
+            });
+            let mut r = hyper::Response::new(BodyExt::boxed(Full::new(Bytes::from(text))));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+            );
+            r
+        }),
         ["console", rest @ ..] => only(&req, Method::GET).and_then(|()| {
             let name = match rest {
                 [] => Some(""),
