@@ -48,7 +48,10 @@ async fn main() -> std::process::ExitCode {
         Err(e) => {
             tracing::error!(error = %e, "Cannot start.");
             std::process::ExitCode::from(match e {
-                dtma_gateway::StartError::Bind { .. } => 69,
+                // Unavailable (EX_UNAVAILABLE): a port taken, NATS unreachable; systemd retries.
+                dtma_gateway::StartError::Bind { .. } | dtma_gateway::StartError::Cluster(_) => {
+                    69
+                }
                 _ => 64,
             })
         }
