@@ -3,7 +3,9 @@
 # 1. the dtma agent next to OpenSSH on loopback (exec round trip, 1 GiB streamed over ws:// and
 #    wss://, RSS idle and with 1,000 streams); a few minutes on a 2-core machine;
 # 2. dtma-gateway with 10,000 simulated agents next to nats-server with as many idle clients
-#    (memory per connection, heartbeat CPU, exec fan-out to 1,000 agents); about 2 minutes.
+#    (memory per connection, heartbeat CPU, exec fan-out to 1,000 agents), then three gateway
+#    nodes on nats-server -js (cross-node request overhead; failover of 1,000 agents after a
+#    node is killed); about 2 minutes.
 #
 #   bash deploy/bench.sh                       # both, updates BENCHMARKS.md
 #   BENCH_NO_WRITE=1 bash deploy/bench.sh      # print only
@@ -11,6 +13,7 @@
 #   BENCH_ONLY_GATEWAY=1 bash deploy/bench.sh  # only the gateway's benchmark
 #   BENCH_BYTES=67108864 BENCH_STREAMS=100 bash deploy/bench.sh   # smaller, quicker run
 #   BENCH_GW_AGENTS=2000 BENCH_GW_FANOUT=200 BENCH_GW_WINDOW_SECS=5 ...  # smaller gateway run
+#   BENCH_ONLY_GATEWAY=1 BENCH_GW_CLUSTER_ONLY=1 bash deploy/bench.sh      # only the cluster rows
 #
 # Everything it starts (agent, sshd, ssh master, node, commands, gateway, nats-server) is
 # stopped at the end.
@@ -50,7 +53,7 @@ if [ -z "${BENCH_ONLY_GATEWAY:-}" ]; then
 fi
 
 if [ -z "${BENCH_SKIP_GATEWAY:-}" ]; then
-  # The peer of the gateway's rows (n/a when missing).
+  # The peer of the gateway's rows, and the cluster rows' NATS (n/a when missing).
   command -v nats-server >/dev/null || apt_install nats-server nats-server
   cargo build --release -p dtma-gateway --bin dtma-gateway --example gateway_bench
   target/release/examples/gateway_bench "${write_args[@]}"

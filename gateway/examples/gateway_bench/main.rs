@@ -15,21 +15,25 @@
 //! - [`heartbeats`]: the server's CPU time (utime + stime) over a window while every
 //!   connection beats at a scaled interval, per heartbeat;
 //! - [`fanout`]: `exec true` to M agents at once through the operator API, until every
-//!   answer is back.
-//!
-//! The table keeps rows for the NATS slice (cross-node overhead, failover) to be filled in
-//! when that slice lands.
+//!   answer is back;
+//! - [`cluster::round_trips`]: one `exec true` at a time through a lone node, through a
+//!   cluster node holding the agent and through another node (NATS between them);
+//! - [`cluster::failover`]: SIGKILL a node holding K agents that redial to the other two, and
+//!   time each agent's first request through a survivor, sent right after the kill.
 //!
 //! Correctness, so that a broken run cannot print a good table: every agent must get
 //! `welcome`, the gateway's directory must list all of them connected with a heartbeat, every
 //! fan-out answer must be an `exit` with code 0, every simulated `exec` must have been
-//! answered, and no agent session may drop. A failed check turns its row into `n/a` (reason in
+//! answered, and no agent session may drop (in the failover, every agent must lose its session
+//! once and be back once). A failed check turns its row into `n/a` (reason in
 //! the notes) and the exit status into 1.
 //!
 //! Options (environment): `BENCH_GW_AGENTS` (10000), `BENCH_GW_FANOUT` (1000),
 //! `BENCH_GW_FANOUT_ROUNDS` (3), `BENCH_GW_BEAT_MS` (2000: the scaled heartbeat interval),
 //! `BENCH_GW_WINDOW_SECS` (10: the CPU window), `BENCH_GW_SOURCES` (4: source addresses
-//! 127.0.0.1..), `BENCH_GW_PARALLEL` (256: handshakes in flight), `DTMA_GATEWAY_BIN` (default:
+//! 127.0.0.1..), `BENCH_GW_PARALLEL` (256: handshakes in flight), `BENCH_GW_CROSS_AGENTS` (10),
+//! `BENCH_GW_CROSS_REQUESTS` (2000 per path), `BENCH_GW_FAILOVER_AGENTS` (1000),
+//! `BENCH_GW_CLUSTER_ONLY` (1: skip the one-node and nats-server rows), `DTMA_GATEWAY_BIN` (default:
 //! `dtma-gateway` beside this example's directory), `NATS_SERVER` (default `nats-server`).
 //! `--write FILE` replaces the generated gateway section of FILE.
 //!
@@ -37,6 +41,7 @@
 //! directory removed at the end, on error and on Ctrl-C.
 #![forbid(unsafe_code)]
 
+mod cluster;
 mod nats;
 mod sim;
 // Stopping children, machine facts, the load at the start, replacing a generated section:
@@ -83,6 +88,10 @@ struct Settings {
     window: Duration,
     sources: Vec<IpAddr>,
     parallel: usize,
+    cross_agents: usize,
+    cross_requests: usize,
+    failover_agents: usize,
+    cluster_only: bool,
     gateway_bin: PathBuf,
     nats_bin: String,
     write: Option<PathBuf>,
@@ -96,6 +105,13 @@ impl Settings {
         ensure!(
             fanout <= agents,
             "BENCH_GW_FANOUT ({fanout}) must not exceed BENCH_GW_AGENTS ({agents})"
+        );
+        let cross_agents = num("BENCH_GW_CROSS_AGENTS", 10, 1000)? as usize;
+        let failover_agents = num("BENCH_GW_FAILOVER_AGENTS", 1000, 20_000)? as usize;
+        ensure!(
+            cross_agents <= agents && failover_agents <= agents,
+            "BENCH_GW_CROSS_AGENTS ({cross_agents}) and BENCH_GW_FAILOVER_AGENTS \
+             ({failover_agents}) must not exceed BENCH_GW_AGENTS ({agents})"
         );
         let sources = (1..=num("BENCH_GW_SOURCES", 4, 250)? as u8)
             .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i)))
@@ -122,6 +138,10 @@ impl Settings {
             window: Duration::from_secs(num("BENCH_GW_WINDOW_SECS", 10, 600)?),
             sources,
             parallel: num("BENCH_GW_PARALLEL", 256, 10_000)? as usize,
+            cross_agents,
+            cross_requests: num("BENCH_GW_CROSS_REQUESTS", 2000, 100_000)? as usize,
+            failover_agents,
+            cluster_only: std::env::var("BENCH_GW_CLUSTER_ONLY").is_ok_and(|v| v == "1"),
             gateway_bin,
             nats_bin: std::env::var("NATS_SERVER").unwrap_or_else(|_| "nats-server".into()),
             write: support::write_arg()?,
@@ -226,6 +246,8 @@ struct Results {
     fanout: M<Fanout>,
     nats_mem: M<Mem>,
     nats_cpu: M<Cpu>,
+    cross: M<cluster::Cross>,
+    failover: M<cluster::Failover>,
     notes: Vec<String>,
 }
 
@@ -237,6 +259,8 @@ impl Default for Results {
             fanout: missing(),
             nats_mem: missing(),
             nats_cpu: missing(),
+            cross: missing(),
+            failover: missing(),
             notes: Vec::new(),
         }
     }
@@ -319,6 +343,24 @@ impl Procs {
         if let Some(mut c) = child {
             stop_child(&mut c, Duration::from_secs(10));
         }
+    }
+
+    /// SIGKILL `pid` (a child started here) and reap it; the instant just before the signal.
+    fn kill(&self, pid: u32) -> Result<Instant> {
+        let mut kids = lock(&self.children);
+        let i = kids
+            .iter()
+            .position(|c| c.id() == pid)
+            .ok_or_else(|| anyhow!("pid {pid} is not a child of the bench"))?;
+        let mut child = kids.remove(i);
+        drop(kids);
+        let at = Instant::now();
+        // `kill` fails only for a child already reaped, so the wait cannot hang.
+        let sent = child.kill();
+        let reaped = child.wait();
+        sent.with_context(|| format!("SIGKILL {pid}"))?;
+        reaped.with_context(|| format!("reaping {pid}"))?;
+        Ok(at)
     }
 
     fn cleanup(&self) {
@@ -434,7 +476,10 @@ async fn main() -> Result<()> {
     }
     outcome?;
     ensure!(
-        results.gw_mem.is_ok() && results.gw_cpu.is_ok() && results.fanout.is_ok(),
+        (settings.cluster_only
+            || results.gw_mem.is_ok() && results.gw_cpu.is_ok() && results.fanout.is_ok())
+            && results.cross.is_ok()
+            && results.failover.is_ok(),
         "some gateway measurements failed (see the notes)"
     );
     Ok(())
@@ -460,24 +505,92 @@ async fn run(s: &Settings, procs: &Procs, r: &mut Results) -> Result<()> {
         .collect();
     let operator = format!("bench-operator-{salt:016x}");
     let ticks = clock_ticks();
+    let files = token_files(procs, &agents, &operator)?;
 
-    if let Err(e) = gateway_rows(s, procs, &agents, &operator, ticks, r).await {
-        let why = format!("{e:#}");
-        for m in [
-            &mut r.gw_mem as &mut dyn SetErr,
-            &mut r.gw_cpu,
-            &mut r.fanout,
-        ] {
-            m.set_err_if_missing(&why);
+    if !s.cluster_only {
+        if let Err(e) = gateway_rows(s, procs, &files, &agents, &operator, ticks, r).await {
+            let why = format!("{e:#}");
+            for m in [
+                &mut r.gw_mem as &mut dyn SetErr,
+                &mut r.gw_cpu,
+                &mut r.fanout,
+            ] {
+                m.set_err_if_missing(&why);
+            }
+        }
+        if let Err(e) = nats_rows(s, procs, ticks, r).await {
+            let why = format!("{e:#}");
+            for m in [&mut r.nats_mem as &mut dyn SetErr, &mut r.nats_cpu] {
+                m.set_err_if_missing(&why);
+            }
         }
     }
-    if let Err(e) = nats_rows(s, procs, ticks, r).await {
+    if let Err(e) = cluster::rows(s, procs, &files, &agents, &operator, r).await {
         let why = format!("{e:#}");
-        for m in [&mut r.nats_mem as &mut dyn SetErr, &mut r.nats_cpu] {
+        for m in [&mut r.cross as &mut dyn SetErr, &mut r.failover] {
             m.set_err_if_missing(&why);
         }
     }
     Ok(())
+}
+
+/// The token files every gateway process of the run reads.
+struct TokenFiles {
+    agents: PathBuf,
+    operators: PathBuf,
+}
+
+fn token_files(procs: &Procs, agents: &[AgentSpec], operator: &str) -> Result<TokenFiles> {
+    let tokens = procs.dir.join("agent-tokens");
+    let mut text = String::with_capacity(agents.len() * 48);
+    for a in agents {
+        let _ = writeln!(text, "{} {}", a.id, a.token);
+    }
+    std::fs::write(&tokens, text)?;
+    let operators = procs.dir.join("operator-tokens");
+    std::fs::write(&operators, format!("{operator}\n"))?;
+    Ok(TokenFiles {
+        agents: tokens,
+        operators,
+    })
+}
+
+/// A `dtma-gateway` process started here.
+struct Gateway {
+    pid: u32,
+    agent_addr: SocketAddr,
+    api: SocketAddr,
+}
+
+/// Start the release gateway as `name` on 127.0.0.1 (port 0 for both listeners, read back
+/// from its JSON log), with default settings plus `extra` flags.
+fn start_gateway(
+    s: &Settings,
+    procs: &Procs,
+    name: &str,
+    files: &TokenFiles,
+    extra: &[&str],
+) -> Result<Gateway> {
+    let (pid, line) = procs.spawn(
+        name,
+        Command::new(&s.gateway_bin)
+            .arg("--agent-tokens")
+            .arg(&files.agents)
+            .arg("--operator-tokens-file")
+            .arg(&files.operators)
+            .args(["--agent-listen", "127.0.0.1:0"])
+            .args(["--operator-listen", "127.0.0.1:0"])
+            .args(["--log-format", "json"])
+            .args(extra)
+            .env("RUST_LOG", "info"),
+        "Gateway listening",
+    )?;
+    let (agent_addr, api) = listening(&line)?;
+    Ok(Gateway {
+        pid,
+        agent_addr,
+        api,
+    })
 }
 
 /// Mark a still-missing measurement with the reason its step failed.
@@ -500,33 +613,17 @@ impl<T> SetErr for M<T> {
 async fn gateway_rows(
     s: &Settings,
     procs: &Procs,
+    files: &TokenFiles,
     agents: &[AgentSpec],
     operator: &str,
     ticks: f64,
     r: &mut Results,
 ) -> Result<()> {
-    let tokens = procs.dir.join("agent-tokens");
-    let mut text = String::with_capacity(agents.len() * 48);
-    for a in agents {
-        let _ = writeln!(text, "{} {}", a.id, a.token);
-    }
-    std::fs::write(&tokens, text)?;
-    let operators = procs.dir.join("operator-tokens");
-    std::fs::write(&operators, format!("{operator}\n"))?;
-    let (pid, line) = procs.spawn(
-        "dtma-gateway",
-        Command::new(&s.gateway_bin)
-            .arg("--agent-tokens")
-            .arg(&tokens)
-            .arg("--operator-tokens-file")
-            .arg(&operators)
-            .args(["--agent-listen", "127.0.0.1:0"])
-            .args(["--operator-listen", "127.0.0.1:0"])
-            .args(["--log-format", "json"])
-            .env("RUST_LOG", "info"),
-        "Gateway listening",
-    )?;
-    let (agent_addr, api) = listening(&line)?;
+    let Gateway {
+        pid,
+        agent_addr,
+        api,
+    } = start_gateway(s, procs, "dtma-gateway", files, &[])?;
     let dial = sim::Dial {
         addr: agent_addr,
         sources: s.sources.clone(),
@@ -873,30 +970,14 @@ async fn fanout(
     for _ in ids {
         senders.push(http_conn(api).await?);
     }
-    let body = Bytes::from_static(br#"{"type":"exec","command":"true"}"#);
     let t0 = Instant::now();
     let mut set = JoinSet::new();
     for (id, mut sender) in ids.iter().cloned().zip(senders) {
-        let req = hyper::Request::post(format!("/v1/agents/{id}/requests?wait=true"))
-            .header("host", "localhost")
-            .header("authorization", format!("Bearer {operator}"))
-            .header("content-type", "application/json")
-            .body(Full::new(body.clone()))?;
+        let operator = operator.to_owned();
         set.spawn(async move {
             let start = Instant::now();
-            let resp = sender.send_request(req).await?;
-            let status = resp.status().as_u16();
-            let bytes = resp.into_body().collect().await?.to_bytes();
-            let took = start.elapsed();
-            let v: serde_json::Value = serde_json::from_slice(&bytes)
-                .with_context(|| format!("{id}: status {status}, not JSON"))?;
-            let t = &v["terminal"];
-            ensure!(
-                status == 200 && t["type"] == "exit" && t["exit_code"] == 0 && v["events"] == 2,
-                "{id}: status {status}, {} events, terminal {t}",
-                v["events"]
-            );
-            Ok::<_, anyhow::Error>(took)
+            exec_true(&mut sender, &operator, &id).await?;
+            Ok::<_, anyhow::Error>(start.elapsed())
         });
     }
     let mut times = Vec::with_capacity(ids.len());
@@ -913,6 +994,36 @@ async fn fanout(
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+/// `POST /v1/agents/{id}/requests?wait=true` with `{"type":"exec","command":"true"}` on
+/// `sender` (a keep-alive connection): the answer must be `200` with two events, the last an
+/// `exit` with code 0.
+async fn exec_true(sender: &mut Sender, operator: &str, id: &str) -> Result<()> {
+    sender.ready().await?;
+    let req = hyper::Request::post(format!("/v1/agents/{id}/requests?wait=true"))
+        .header("host", "localhost")
+        .header("authorization", format!("Bearer {operator}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(
+            br#"{"type":"exec","command":"true"}"#,
+        )))?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&bytes).with_context(|| {
+        format!(
+            "{id}: status {status}, not JSON: {}",
+            String::from_utf8_lossy(&bytes)
+        )
+    })?;
+    let t = &v["terminal"];
+    ensure!(
+        status == 200 && t["type"] == "exit" && t["exit_code"] == 0 && v["events"] == 2,
+        "{id}: status {status}, {} events, terminal {t}; body {v}",
+        v["events"]
+    );
+    Ok(())
+}
 
 async fn http_conn(addr: SocketAddr) -> Result<Sender> {
     let tcp = tokio::net::TcpStream::connect(addr).await?;
@@ -981,13 +1092,6 @@ fn render(s: &Settings, r: &Results, load: &str) -> Report {
     };
     let n = s.agents;
     let beat_s = s.beat.as_secs_f64();
-    let nats_slice = || {
-        [
-            "see NATS slice".to_owned(),
-            "-".into(),
-            "see NATS slice".into(),
-        ]
-    };
     let mut rows: Vec<[String; 4]> = vec![
         [
             format!(
@@ -1045,20 +1149,80 @@ fn render(s: &Settings, r: &Results, load: &str) -> Report {
         "-".into(),
         "-".into(),
     ]);
-    let [a, b, c] = nats_slice();
+    let dash = || "-".to_owned();
+    let pair = |l: &Latency| format!("{} / {}", ms(l.p50), ms(l.p99));
+    let added = |x: &Latency, base: &Latency| {
+        let d = |a: Duration, b: Duration| (a.as_secs_f64() - b.as_secs_f64()) * 1e3;
+        format!(
+            "{:+.2} ms / {:+.2} ms",
+            d(x.p50, base.p50),
+            d(x.p99, base.p99)
+        )
+    };
+    let cross = &r.cross;
+    for (what, pick) in [
+        (
+            "lone node, no NATS",
+            (|c: &cluster::Cross| c.lone) as fn(&cluster::Cross) -> Latency,
+        ),
+        (
+            "cluster, through node A holding the agent (same node)",
+            |c| c.same,
+        ),
+        ("cluster, through node B (cross node)", |c| c.cross),
+    ] {
+        rows.push([
+            format!(
+                "one `exec true` at a time (`?wait=true`, keep-alive), {} per path, p50 / p99: \
+                 {what}",
+                s.cross_requests
+            ),
+            cell(cross, |c| pair(&pick(c))),
+            dash(),
+            dash(),
+        ]);
+    }
     rows.push([
-        "cross-node request overhead through NATS, p50 / p99 added".into(),
-        a.clone(),
-        b.clone(),
-        c.clone(),
+        "cross-node request overhead through NATS, p50 / p99 added: node B − node A (and \
+         clustering: node A − lone node)"
+            .into(),
+        cell(cross, |c| {
+            format!("{} ({})", added(&c.cross, &c.same), added(&c.same, &c.lone))
+        }),
+        dash(),
+        dash(),
+    ]);
+    let fo = &r.failover;
+    let secs = |d: Duration| format!("{:.2} s", d.as_secs_f64());
+    rows.push([
+        format!(
+            "after a node holding {} agents is killed (SIGKILL): each agent reachable again \
+             (its request through a survivor answered) p50 / p99 / max",
+            s.failover_agents
+        ),
+        cell(fo, |f| {
+            format!(
+                "{} / {} / {}",
+                secs(f.reachable.p50),
+                secs(f.reachable.p99),
+                secs(f.reachable.max)
+            )
+        }),
+        dash(),
+        format!(
+            "p99 < 5 s: {}",
+            verdict(fo.as_ref().ok().map(cluster::Failover::met))
+        ),
     ]);
     rows.push([
-        "after a node is killed: its agents reachable again p50 / p99; handshakes/s at the \
-         survivors"
+        "handshakes/s at the survivors during the reconnect wave: mean (first to last \
+         `welcome`) / busiest 100 ms"
             .into(),
-        a,
-        b,
-        c,
+        cell(fo, |f| {
+            format!("{:.0}/s / {:.0}/s", f.mean_rate, f.peak_rate)
+        }),
+        dash(),
+        dash(),
     ]);
 
     let header = [
@@ -1082,6 +1246,8 @@ fn render(s: &Settings, r: &Results, load: &str) -> Report {
         ("dtma-gateway fan-out", r.fanout.as_ref().err()),
         ("nats-server memory", r.nats_mem.as_ref().err()),
         ("nats-server heartbeats", r.nats_cpu.as_ref().err()),
+        ("cluster round trips", r.cross.as_ref().err()),
+        ("cluster failover", r.failover.as_ref().err()),
     ] {
         if let Some(why) = err {
             notes.push(format!("n/a {what}: {why}"));
@@ -1094,6 +1260,45 @@ fn render(s: &Settings, r: &Results, load: &str) -> Report {
             s.fanout,
             totals.join(", "),
             ms(f.per_request.max)
+        ));
+    }
+    if let Ok(c) = cross {
+        notes.push(format!(
+            "Round trips: {} agents connected to the lone node and (the same ids) to node A; \
+             requests interleaved (lone, A, B, lone, ...), one in flight at a time, {} per path \
+             after {} of warm-up; slowest: lone {}, A {}, B {}. The added latencies are \
+             differences of the percentiles.",
+            c.agents,
+            s.cross_requests,
+            cluster::WARMUP,
+            ms(c.lone.max),
+            ms(c.same.max),
+            ms(c.cross.max)
+        ));
+    }
+    if let Ok(f) = fo {
+        let per_node: Vec<String> = f.per_node.iter().map(|(n, k)| format!("{n} {k}")).collect();
+        notes.push(format!(
+            "Failover: {} agents on node C redial after a full-jitter backoff (uniform in [0, \
+             500 ms], then [0, 1 s], ...: the real agent's defaults) to A or B (alternating by \
+             agent, the next one after a failed dial); {} needed more than one dial. All {} \
+             requests (`exec true`, `?wait=true`, through A) were sent within {} of the \
+             SIGKILL and waited in A for the directory. `welcome` again after the kill: p50 {} \
+             / p99 {} (first {}, last {}); handshakes per survivor: {}. From an agent's \
+             `welcome` to its answer (the new node's directory write reaching A, A's retry, \
+             the request): p50 {} / p99 {} / max {}.",
+            f.agents,
+            f.redialed,
+            f.agents,
+            ms(f.dispatch),
+            secs(f.rejoined.p50),
+            secs(f.rejoined.p99),
+            secs(f.first),
+            secs(f.last),
+            per_node.join(", "),
+            secs(f.after_welcome.p50),
+            secs(f.after_welcome.p99),
+            secs(f.after_welcome.max)
         ));
     }
     notes.extend(r.notes.iter().cloned());

@@ -10,6 +10,10 @@
 //! real agent's ratio (pings every 15 s, `status` every 30 s). An `exec` is answered at once
 //! with `started` (seq 0) and `exit` (seq 1; code 0 for `true`). Acks are counted, not
 //! checked: the simulator never resends, so it holds nothing an ack would free.
+//!
+//! A fleet connected with [`Fleet::connect_redialing`] behaves like the real agent when its
+//! connection ends: it redials after a jittered backoff ([`Redial`]), to the next address of a
+//! list (what a TCP balancer would do), and records when it got `welcome` again.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -71,6 +75,30 @@ pub struct Dial {
     pub timeout: Duration,
 }
 
+/// How an agent of a redialing fleet comes back after its connection ended: the real agent's
+/// reconnect (full jitter: each delay uniform in `[0, envelope]`, the envelope `base`, `2 *
+/// base`, ... capped at `cap`), to `addrs[(index + attempt) % len]`, at most `attempts` dials.
+#[derive(Debug, Clone)]
+pub struct Redial {
+    pub addrs: Vec<SocketAddr>,
+    pub base: Duration,
+    pub cap: Duration,
+    pub attempts: u32,
+    /// Seed of the jitter (each agent mixes in its index).
+    pub seed: u64,
+}
+
+/// An agent of a redialing fleet got `welcome` again.
+#[derive(Debug, Clone, Copy)]
+pub struct Rejoin {
+    pub index: usize,
+    pub at: Instant,
+    /// Where it got in.
+    pub addr: SocketAddr,
+    /// Dials it took (1: the first one worked).
+    pub dials: u32,
+}
+
 /// What the fleet's heartbeat does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Beat {
@@ -95,8 +123,13 @@ pub struct Counters {
     /// Frames the simulator does not expect (a request other than `exec`, a second
     /// `welcome`, an undecodable frame, a binary frame).
     pub unexpected: AtomicU64,
-    /// Sessions that ended before the fleet was stopped.
+    /// Sessions that ended before the fleet was stopped (and, when redialing, whose agent
+    /// gave up after [`Redial::attempts`] dials).
     pub dropped: AtomicU64,
+    /// Sessions that ended before the fleet was stopped and were redialed ([`Redial`]).
+    pub lost: AtomicU64,
+    /// Agents back after a lost session, in the order they got `welcome`.
+    pub rejoins: Mutex<Vec<Rejoin>>,
     /// The first few unexpected frames or drop reasons, for the report.
     pub samples: Mutex<Vec<String>>,
 }
@@ -126,6 +159,24 @@ impl Fleet {
     /// Connect every agent of `agents` (at most `dial.parallel` handshakes at once) and keep
     /// the ones that got `welcome` running. Returns the fleet and the agents that failed.
     pub async fn connect(dial: &Dial, agents: Vec<AgentSpec>) -> (Fleet, Vec<(String, Error)>) {
+        Fleet::connect_with(dial, agents, None).await
+    }
+
+    /// As [`Fleet::connect`], and each agent redials as `redial` says when its connection
+    /// ends.
+    pub async fn connect_redialing(
+        dial: &Dial,
+        agents: Vec<AgentSpec>,
+        redial: Redial,
+    ) -> (Fleet, Vec<(String, Error)>) {
+        Fleet::connect_with(dial, agents, Some(Arc::new(redial))).await
+    }
+
+    async fn connect_with(
+        dial: &Dial,
+        agents: Vec<AgentSpec>,
+        redial: Option<Arc<Redial>>,
+    ) -> (Fleet, Vec<(String, Error)>) {
         let counters = Arc::new(Counters::default());
         let (beat, _) = watch::channel(Beat::Idle);
         let stop = CancellationToken::new();
@@ -142,6 +193,7 @@ impl Fleet {
             let stop = stop.clone();
             let done = done_tx.clone();
             let status = status.clone();
+            let redial = redial.clone();
             tasks.spawn(async move {
                 let joined = {
                     let Ok(_permit) = gate.acquire().await else {
@@ -149,7 +201,7 @@ impl Fleet {
                     };
                     match tokio::time::timeout(
                         dial.timeout,
-                        handshake(&dial, &spec, index, &counters, &status),
+                        handshake(&dial, dial.addr, &spec, index, &counters, &status),
                     )
                     .await
                     {
@@ -168,6 +220,9 @@ impl Fleet {
                             n,
                             counters,
                             status,
+                            spec,
+                            dial,
+                            redial,
                         };
                         agent.run(beat, stop).await;
                     }
@@ -221,21 +276,97 @@ struct SimAgent {
     n: usize,
     counters: Arc<Counters>,
     status: Utf8Bytes,
+    spec: AgentSpec,
+    dial: Dial,
+    redial: Option<Arc<Redial>>,
+}
+
+/// Why a session loop returned.
+enum Ended {
+    /// The fleet was stopped.
+    Stopped,
+    /// The connection ended, or a send failed.
+    Lost(String),
 }
 
 impl SimAgent {
     async fn run(mut self, mut beat: watch::Receiver<Beat>, stop: CancellationToken) {
-        let mut ticker: Option<Interval> = None;
+        loop {
+            let why = match self.session(&mut beat, &stop).await {
+                Ended::Stopped => return,
+                Ended::Lost(why) => why,
+            };
+            let Some(redial) = self.redial.clone() else {
+                self.dropped(why, &stop);
+                return;
+            };
+            if stop.is_cancelled() {
+                return;
+            }
+            self.counters.lost.fetch_add(1, Ordering::Relaxed);
+            match self.redial(&redial, &stop).await {
+                Some(ws) => self.ws = ws,
+                None => {
+                    self.dropped(format!("{why}; no redial worked"), &stop);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Dial `redial.addrs` in turn after jittered delays until one gives `welcome`; `None`
+    /// after `redial.attempts` dials or at stop.
+    async fn redial(&self, redial: &Redial, stop: &CancellationToken) -> Option<Ws> {
+        let mut rng =
+            SplitMix(redial.seed ^ (self.index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let mut envelope = redial.base;
+        for attempt in 0..redial.attempts {
+            let delay = envelope.mul_f64(rng.unit());
+            envelope = (envelope * 2).min(redial.cap);
+            tokio::select! {
+                _ = stop.cancelled() => return None,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            let &addr = redial
+                .addrs
+                .get((self.index + attempt as usize) % redial.addrs.len().max(1))?;
+            let joined = tokio::select! {
+                _ = stop.cancelled() => return None,
+                r = tokio::time::timeout(
+                    self.dial.timeout,
+                    handshake(&self.dial, addr, &self.spec, self.index, &self.counters, &self.status),
+                ) => r,
+            };
+            if let Ok(Ok(ws)) = joined {
+                lock(&self.counters.rejoins).push(Rejoin {
+                    index: self.index,
+                    at: Instant::now(),
+                    addr,
+                    dials: attempt + 1,
+                });
+                return Some(ws);
+            }
+        }
+        None
+    }
+
+    /// Serve the connection until it ends or the fleet stops.
+    async fn session(
+        &mut self,
+        beat: &mut watch::Receiver<Beat>,
+        stop: &CancellationToken,
+    ) -> Ended {
+        let mut ticker: Option<Interval> = self.ticker(*beat.borrow());
         let mut ticks = 0u64;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => {
                     let _ = self.ws.close(None).await;
-                    return;
+                    return Ended::Stopped;
                 }
                 changed = beat.changed() => {
                     if changed.is_err() {
-                        return;
+                        return Ended::Stopped;
                     }
                     let now = *beat.borrow_and_update();
                     ticker = self.ticker(now);
@@ -251,30 +382,21 @@ impl SimAgent {
                         sent = self.ws.send(Message::Text(self.status.clone())).await;
                     }
                     if let Err(e) = sent {
-                        self.dropped(format!("send failed: {e}"), &stop);
-                        return;
+                        return Ended::Lost(format!("send failed: {e}"));
                     }
                 }
                 frame = self.ws.next() => match frame {
                     Some(Ok(Message::Text(t))) => {
                         if let Err(e) = self.on_text(&t).await {
-                            self.dropped(format!("send failed: {e}"), &stop);
-                            return;
+                            return Ended::Lost(format!("send failed: {e}"));
                         }
                     }
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                     Some(Ok(Message::Close(f))) => {
-                        self.dropped(format!("closed by the gateway: {f:?}"), &stop);
-                        return;
+                        return Ended::Lost(format!("closed by the gateway: {f:?}"));
                     }
-                    None => {
-                        self.dropped("connection ended".into(), &stop);
-                        return;
-                    }
-                    Some(Err(e)) => {
-                        self.dropped(format!("read failed: {e}"), &stop);
-                        return;
-                    }
+                    None => return Ended::Lost("connection ended".into()),
+                    Some(Err(e)) => return Ended::Lost(format!("read failed: {e}")),
                     Some(Ok(other)) => {
                         self.counters.unexpected.fetch_add(1, Ordering::Relaxed);
                         self.counters.sample(format!("unexpected frame {other:?}"));
@@ -376,6 +498,7 @@ pub async fn tick(ticker: &mut Option<Interval>) {
 
 async fn handshake(
     dial: &Dial,
+    addr: SocketAddr,
     spec: &AgentSpec,
     index: usize,
     counters: &Counters,
@@ -393,14 +516,14 @@ async fn handshake(
             TcpSocket::new_v6()?
         };
         socket.bind(SocketAddr::new(from, 0))?;
-        let tcp = socket.connect(dial.addr).await?;
+        let tcp = socket.connect(addr).await?;
         tcp.set_nodelay(true)?;
         Ok::<_, std::io::Error>(tcp)
     };
     let tcp = connect
         .await
         .map_err(|source| Error::Connect { from, source })?;
-    let mut request = format!("ws://{}/dtma/connect", dial.addr).into_client_request()?;
+    let mut request = format!("ws://{addr}/dtma/connect").into_client_request()?;
     let bearer = HeaderValue::from_str(&format!("Bearer {}", spec.token))
         .map_err(|e| Error::Handshake(format!("token is not a header value: {e}")))?;
     request.headers_mut().insert("authorization", bearer);
@@ -492,6 +615,25 @@ pub fn status_json() -> String {
         tool_statuses: Vec::new(),
         sandbox: Some(sandbox()),
     }))
+}
+
+/// SplitMix64: enough randomness for jitter, without a dependency.
+struct SplitMix(u64);
+
+impl SplitMix {
+    /// Uniform in `[0, 1)`.
+    fn unit(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn json(m: &AgentMessage) -> String {
