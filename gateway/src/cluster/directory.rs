@@ -14,7 +14,7 @@ use async_nats::jetstream::kv;
 use dtma_control_plane::{AgentRecord, ControlPlane, DirectoryEvent};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tracing::{debug, warn};
 
 use super::{Cluster, Error, agent_key, lock};
@@ -134,7 +134,10 @@ pub(super) async fn start_mirror(cluster: &Cluster) -> Result<(), Error> {
     Ok(())
 }
 
-/// Write this node's agents into the bucket, following the engine's events in order.
+/// Write this node's agents into the bucket, following the engine's events in order per
+/// agent. The events ready at once are taken as a batch and their agents written
+/// concurrently (each agent's own events in order), so a reconnect wave of thousands costs a
+/// few round trips, not thousands.
 pub(super) fn start_writer(cluster: &Cluster, cp: ControlPlane) {
     let mut events = cp.directory_events();
     // Agents that connected before the writer subscribed (none, when attached before serving).
@@ -142,59 +145,116 @@ pub(super) fn start_writer(cluster: &Cluster, cp: ControlPlane) {
     let me = cluster.clone();
     cluster.inner.tasks.spawn(async move {
         // agent id → (session id, revision this node wrote).
-        let mut owned: HashMap<String, (String, u64)> = HashMap::new();
-        for rec in early {
-            me.put(&mut owned, &rec).await;
-        }
+        let mut owned: HashMap<String, Owned> = HashMap::new();
+        let early = early.into_iter().map(DirectoryEvent::Connected).collect();
+        me.apply(&cp, &mut owned, early).await;
         loop {
-            let event = tokio::select! {
+            let first = tokio::select! {
                 _ = me.inner.stop.cancelled() => break,
                 e = events.recv() => e,
             };
-            match event {
-                Ok(DirectoryEvent::Connected(rec)) => me.put(&mut owned, &rec).await,
-                Ok(DirectoryEvent::Heartbeat { record, .. }) => {
-                    me.update(&cp, &mut owned, &record).await
-                }
-                Ok(DirectoryEvent::Disconnected(rec)) => {
-                    // Moved (make-before-break): connected elsewhere, and the node it moved to
-                    // writes the entry; marking it offline here could only be wrong.
-                    if !rec.moved {
-                        me.update(&cp, &mut owned, &rec).await;
+            let mut batch = Vec::new();
+            let mut lagged = false;
+            let mut next = Some(first);
+            while let Some(event) = next.take() {
+                match event {
+                    Ok(ev) => batch.push(ev),
+                    Err(RecvError::Lagged(n)) => {
+                        warn!(missed = n, "Directory writer lagged; rewriting this node's agents.");
+                        lagged = true;
                     }
-                    owned.remove(&rec.agent_id);
+                    Err(RecvError::Closed) => return,
                 }
-                Err(RecvError::Lagged(n)) => {
-                    warn!(
-                        missed = n,
-                        "Directory writer lagged; rewriting this node's agents."
-                    );
-                    for rec in cp.agents() {
-                        if rec.connected {
-                            me.put(&mut owned, &rec).await;
-                        } else {
-                            me.update(&cp, &mut owned, &rec).await;
-                            owned.remove(&rec.agent_id);
-                        }
-                    }
+                if batch.len() < 4096 {
+                    next = match events.try_recv() {
+                        Ok(ev) => Some(Ok(ev)),
+                        Err(TryRecvError::Lagged(n)) => Some(Err(RecvError::Lagged(n))),
+                        Err(TryRecvError::Empty) => None,
+                        Err(TryRecvError::Closed) => Some(Err(RecvError::Closed)),
+                    };
                 }
-                Err(RecvError::Closed) => break,
             }
+            if lagged {
+                // What was missed is unknown: the engine's directory now is the truth.
+                batch = cp
+                    .agents()
+                    .into_iter()
+                    .map(|r| {
+                        if r.connected {
+                            DirectoryEvent::Connected(r)
+                        } else {
+                            DirectoryEvent::Disconnected(r)
+                        }
+                    })
+                    .collect();
+            }
+            me.apply(&cp, &mut owned, batch).await;
         }
         // Stopping: the agents are leaving this node (drained, or cut now). Mark those still
         // ours offline, unless another node has taken them meanwhile.
-        for rec in cp.agents() {
-            if owned.contains_key(&rec.agent_id) {
-                let mut rec = rec;
-                rec.connected = false;
-                me.update(&cp, &mut owned, &rec).await;
-            }
-        }
+        let last = cp
+            .agents()
+            .into_iter()
+            .filter(|r| owned.contains_key(&r.agent_id))
+            .map(|mut r| {
+                r.connected = false;
+                DirectoryEvent::Disconnected(r)
+            })
+            .collect();
+        me.apply(&cp, &mut owned, last).await;
     });
 }
 
+/// The session this node wrote an agent's entry for, and the entry's revision.
+type Owned = (String, u64);
+
 impl Cluster {
-    async fn put(&self, owned: &mut HashMap<String, (String, u64)>, rec: &AgentRecord) {
+    /// Write `batch`: agents concurrently, each agent's events in order.
+    async fn apply(
+        &self,
+        cp: &ControlPlane,
+        owned: &mut HashMap<String, Owned>,
+        batch: Vec<DirectoryEvent>,
+    ) {
+        let mut by_agent: HashMap<String, Vec<DirectoryEvent>> = HashMap::new();
+        for ev in batch {
+            let id = match &ev {
+                DirectoryEvent::Connected(r) | DirectoryEvent::Disconnected(r) => &r.agent_id,
+                DirectoryEvent::Heartbeat { record, .. } => &record.agent_id,
+            };
+            by_agent.entry(id.clone()).or_default().push(ev);
+        }
+        let work = by_agent.into_iter().map(|(agent, evs)| {
+            let mut own = owned.remove(&agent);
+            async move {
+                for ev in evs {
+                    match ev {
+                        DirectoryEvent::Connected(rec) => self.put(&mut own, &rec).await,
+                        DirectoryEvent::Heartbeat { record, .. } => {
+                            self.update(cp, &mut own, &record).await
+                        }
+                        DirectoryEvent::Disconnected(rec) => {
+                            // Moved (make-before-break): connected elsewhere, and the node it
+                            // moved to writes the entry; marking it offline here could only be
+                            // wrong.
+                            if !rec.moved {
+                                self.update(cp, &mut own, &rec).await;
+                            }
+                            own = None;
+                        }
+                    }
+                }
+                (agent, own)
+            }
+        });
+        for (agent, own) in futures_util::future::join_all(work).await {
+            if let Some(o) = own {
+                owned.insert(agent, o);
+            }
+        }
+    }
+
+    async fn put(&self, own: &mut Option<Owned>, rec: &AgentRecord) {
         let entry = Entry::of(&self.inner.node, rec);
         let Ok(value) = serde_json::to_vec(&entry) else {
             return;
@@ -205,21 +265,14 @@ impl Cluster {
             .put(agent_key(&rec.agent_id), value.into())
             .await
         {
-            Ok(rev) => {
-                owned.insert(rec.agent_id.clone(), (rec.session_id.clone(), rev));
-            }
+            Ok(rev) => *own = Some((rec.session_id.clone(), rev)),
             Err(e) => warn!(agent_id = %rec.agent_id, error = %e, "Cannot write the directory."),
         }
     }
 
     /// Rewrite `rec`'s entry if it is still the one this node wrote for that session.
-    async fn update(
-        &self,
-        cp: &ControlPlane,
-        owned: &mut HashMap<String, (String, u64)>,
-        rec: &AgentRecord,
-    ) {
-        let Some((session, rev)) = owned.get(&rec.agent_id).cloned() else {
+    async fn update(&self, cp: &ControlPlane, own: &mut Option<Owned>, rec: &AgentRecord) {
+        let Some((session, rev)) = own.clone() else {
             return;
         };
         if session != rec.session_id {
@@ -235,13 +288,11 @@ impl Cluster {
             .update(agent_key(&rec.agent_id), value.into(), rev)
             .await
         {
-            Ok(rev) => {
-                owned.insert(rec.agent_id.clone(), (session, rev));
-            }
+            Ok(rev) => *own = Some((session, rev)),
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
                 let dropped = cp.forget_hosted(&rec.agent_id);
                 debug!(agent_id = %rec.agent_id, dropped, "The agent is held by another node now.");
-                owned.remove(&rec.agent_id);
+                *own = None;
             }
             Err(e) => warn!(agent_id = %rec.agent_id, error = %e, "Cannot update the directory."),
         }

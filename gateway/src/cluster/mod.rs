@@ -418,24 +418,38 @@ impl Cluster {
     async fn route(&self, agent: &str, request: Request) -> Result<(), RouteError> {
         let deadline = tokio::time::Instant::now() + self.inner.settings.open_wait;
         let mut changed = self.changed();
+        // The holder last asked, and when to ask it again anyway: the directory and node table
+        // change for every agent, but only a change of this agent's holder makes a new answer
+        // likely (thousands of waiting requests must not each re-ask at every change).
+        let mut asked: Option<(Option<String>, tokio::time::Instant)> = None;
         loop {
             let holder = self.holder(agent);
-            let answer = match holder {
-                Some(node) if node == self.inner.node => {
-                    self.host_local(agent, request.clone()).await
-                }
-                Some(node) => self.ask(&node, agent, &request).await,
-                None => OpenReply::Offline,
+            let due = match &asked {
+                None => true,
+                Some((h, again)) => *h != holder || tokio::time::Instant::now() >= *again,
             };
-            match answer {
-                OpenReply::Ok => return Ok(()),
-                OpenReply::Offline | OpenReply::Moving => {
-                    debug!(
-                        agent,
-                        ?answer,
-                        "Agent not reachable yet; waiting for the directory."
-                    );
+            if due {
+                let answer = match &holder {
+                    Some(node) if *node == self.inner.node => {
+                        self.host_local(agent, request.clone()).await
+                    }
+                    Some(node) => self.ask(node, agent, &request).await,
+                    None => OpenReply::Offline,
+                };
+                match answer {
+                    OpenReply::Ok => return Ok(()),
+                    OpenReply::Offline | OpenReply::Moving => {
+                        debug!(
+                            agent,
+                            ?answer,
+                            "Agent not reachable yet; waiting for the directory."
+                        );
+                    }
                 }
+                asked = Some((
+                    holder,
+                    tokio::time::Instant::now() + self.inner.settings.node_ttl,
+                ));
             }
             let gone = tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => true,
