@@ -2,7 +2,8 @@
 //! (WebDriver, with fantoccini) against the real gateway and the real agent. The page streams
 //! a command's lines as they arrive (the first is on screen while the command is still
 //! blocked on a FIFO), styles stderr apart, and shows the exit code; a screenshot is kept in
-//! target/test-artifacts/console.png. Also: the static files need no token, the API does.
+//! target/test-artifacts/console.png. Selecting another agent cancels the running command on
+//! the first. Also: the static files need no token, the API does.
 
 mod common;
 
@@ -128,6 +129,69 @@ async fn appears(client: &Client, what: &str, xpath: &str) -> fantoccini::elemen
         .unwrap_or_else(|e| panic!("{what} did not appear ({xpath}): {e}"))
 }
 
+/// Run `checks` against a fresh chromium session, in a task of its own so that the session is
+/// closed even when a check fails; the failure is raised after.
+async fn in_browser<F, Fut>(checks: F)
+where
+    F: FnOnce(Client) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let driver = Driver::start();
+    let client = browser(&driver).await;
+    let outcome = tokio::spawn(checks(client.clone())).await;
+    let _ = client.close().await;
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+async fn click(client: &Client, id: &str) {
+    client
+        .find(Locator::Id(id))
+        .await
+        .unwrap_or_else(|e| panic!("#{id}: {e}"))
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("click #{id}: {e}"));
+}
+
+async fn type_into(client: &Client, id: &str, text: &str) {
+    client
+        .find(Locator::Id(id))
+        .await
+        .unwrap_or_else(|e| panic!("#{id}: {e}"))
+        .send_keys(text)
+        .await
+        .unwrap_or_else(|e| panic!("typing into #{id}: {e}"));
+}
+
+/// Open the console, give it the operator token, and select `agent` once it is listed as
+/// connected.
+async fn open_console(client: &Client, api: std::net::SocketAddr, agent: &str) {
+    client.goto(&format!("http://{api}/console")).await.unwrap();
+    type_into(client, "token", OPERATOR).await;
+    click(client, "token-save").await;
+    select_agent(client, agent).await;
+}
+
+async fn select_agent(client: &Client, agent: &str) {
+    let button = appears(
+        client,
+        &format!("agent {agent}, connected"),
+        &format!(
+            "//ul[@id='agents']//button[@data-agent='{agent}'][.//span[contains(@class,'connected') and not(contains(@class,'disconnected'))]]"
+        ),
+    )
+    .await;
+    button.click().await.unwrap();
+    appears(
+        client,
+        "the agent's view",
+        &format!("//h2[@id='agent-title'][contains(., '{agent}')]"),
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_streams_a_command_live_in_a_headless_browser() {
     let gw = Gw::start().await;
@@ -135,70 +199,20 @@ async fn console_streams_a_command_live_in_a_headless_browser() {
     connected(&gw, "a1").await;
     let tmp = tempfile::tempdir().unwrap();
     let gate = fifo(tmp.path(), "gate");
-
-    let driver = Driver::start();
-    let client = browser(&driver).await;
-    // The checks run in their own task so that the browser session is closed even when one
-    // fails; the failure is raised after.
-    let run = tokio::spawn(drive(client.clone(), gw.api(), gate));
-    let outcome = run.await;
-    let _ = client.close().await;
-    if let Err(e) = outcome {
-        std::panic::resume_unwind(e.into_panic());
-    }
+    let api = gw.api();
+    in_browser(move |client| drive(client, api, gate)).await;
 }
 
 async fn drive(client: Client, api: std::net::SocketAddr, gate: PathBuf) {
-    client.goto(&format!("http://{api}/console")).await.unwrap();
-    client
-        .find(Locator::Id("token"))
-        .await
-        .unwrap()
-        .send_keys(OPERATOR)
-        .await
-        .unwrap();
-    client
-        .find(Locator::Id("token-save"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-
-    // The agents list (polled with the token) shows a1 connected; select it.
-    let agent = appears(
-        &client,
-        "agent a1, connected",
-        "//ul[@id='agents']//button[@data-agent='a1'][.//span[contains(@class,'connected') and not(contains(@class,'disconnected'))]]",
-    )
-    .await;
-    agent.click().await.unwrap();
-    appears(
-        &client,
-        "the agent's view",
-        "//h2[@id='agent-title'][contains(., 'a1')]",
-    )
-    .await;
+    open_console(&client, api, "a1").await;
     appears(&client, "the MCP tools table", "//tbody[@id='tools']/tr").await;
 
     let command = format!(
         "echo 'line 1'; read x < {}; echo 'line 2'; echo 'a warning' >&2; exit 0",
         gate.display()
     );
-    client
-        .find(Locator::Id("command"))
-        .await
-        .unwrap()
-        .send_keys(&command)
-        .await
-        .unwrap();
-    client
-        .find(Locator::Id("run"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(&client, "command", &command).await;
+    click(&client, "run").await;
 
     // The first line is on screen while the command is blocked on the FIFO.
     appears(
@@ -250,6 +264,89 @@ async fn drive(client: Client, api: std::net::SocketAddr, gate: PathBuf) {
     std::fs::write(&path, &png).unwrap();
     let written = std::fs::metadata(&path).unwrap().len();
     assert!(written > 1000, "{} is {written} bytes", path.display());
+}
+
+/// Selecting another agent while a command runs cancels it on its agent (a `cancel`, not just a
+/// closed connection: the gateway would keep the stream for a resume and the command would
+/// run on), and the page stops showing it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn selecting_another_agent_cancels_the_running_command() {
+    let gw = Gw::start().await;
+    let _a1 = Agent::start("a1", &gw).await;
+    let _a2 = Agent::start("a2", &gw).await;
+    connected(&gw, "a1").await;
+    connected(&gw, "a2").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let gate = fifo(tmp.path(), "gate");
+    let api = gw.api();
+
+    in_browser(move |client| async move {
+        open_console(&client, api, "a1").await;
+        let command = format!(
+            "echo 'started'; read x < {}; echo 'released'",
+            gate.display()
+        );
+        type_into(&client, "command", &command).await;
+        click(&client, "run").await;
+        appears(
+            &client,
+            "the command's first line",
+            "//pre[@id='output']/span[contains(., 'started')]",
+        )
+        .await;
+        let rid = client
+            .find(Locator::Id("output"))
+            .await
+            .unwrap()
+            .attr("data-request-id")
+            .await
+            .unwrap()
+            .expect("the running command's request id on #output");
+
+        select_agent(&client, "a2").await;
+
+        // The command's stream, read through the API: it ends with a cancelled exit.
+        let path = format!("/v1/agents/a1/requests/{rid}/events");
+        let resp = send(
+            api,
+            "GET",
+            &path,
+            Some(OPERATOR),
+            &[("accept", "application/x-ndjson")],
+            None,
+        )
+        .await;
+        assert_eq!(resp.status(), 200);
+        let body = within(
+            30,
+            "the cancelled command's end",
+            resp.into_body().collect(),
+        )
+        .await
+        .unwrap()
+        .to_bytes();
+        let events: Vec<serde_json::Value> = String::from_utf8_lossy(&body)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let last = events.last().expect("events");
+        assert_eq!(last["type"], "exit", "{events:?}");
+        assert_eq!(last["cancelled"], true, "{events:?}");
+        assert!(
+            !String::from_utf8_lossy(&body).contains("released"),
+            "the command ran on: {events:?}"
+        );
+
+        // The page shows a2, without a1's output, and can run a command again.
+        let output = client.find(Locator::Id("output")).await.unwrap();
+        assert_eq!(output.text().await.unwrap(), "");
+        assert_eq!(output.attr("data-request-id").await.unwrap(), None);
+        let run = client.find(Locator::Id("run")).await.unwrap();
+        assert!(run.is_enabled().await.unwrap(), "Run stays disabled");
+        drop(tmp);
+    })
+    .await;
 }
 
 #[tokio::test]
