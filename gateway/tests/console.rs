@@ -2,8 +2,10 @@
 //! (WebDriver, with fantoccini) against the real gateway and the real agent. The page streams
 //! a command's lines as they arrive (the first is on screen while the command is still
 //! blocked on a FIFO), styles stderr apart, and shows the exit code; a screenshot is kept in
-//! target/test-artifacts/console.png. Selecting another agent cancels the running command on
-//! the first. Also: the static files need no token, the API does.
+//! target/test-artifacts/console.png. Log follow of a real container: Pause holds the agent
+//! back (its stream stops at its credit while the container keeps writing) and Resume brings
+//! every line written meanwhile, once and in order. Selecting another agent cancels the
+//! running command on the first. Also: the static files need no token, the API does.
 
 mod common;
 
@@ -264,6 +266,334 @@ async fn drive(client: Client, api: std::net::SocketAddr, gate: PathBuf) {
     std::fs::write(&path, &png).unwrap();
     let written = std::fs::metadata(&path).unwrap().len();
     assert!(written > 1000, "{} is {written} bytes", path.display());
+}
+
+/// The log follow's lines on the page: how many, the first and last number, and where the
+/// numbers are not consecutive (a line lost, repeated or out of order).
+const PAGE_LINES: &str = r#"
+const text = document.getElementById("log-output").textContent;
+const nums = [];
+for (const l of text.split("\n")) {
+  const m = /^line (\d+) /.exec(l);
+  if (m) nums.push(Number(m[1]));
+}
+const breaks = [];
+for (let i = 1; i < nums.length; i++) {
+  if (nums[i] !== nums[i - 1] + 1 && breaks.length < 10) breaks.push([nums[i - 1], nums[i]]);
+}
+return { count: nums.length, first: nums.length ? nums[0] : 0,
+         last: nums.length ? nums[nums.length - 1] : 0, breaks };
+"#;
+
+/// The number of the last line on the page (0 before the first): cheap enough to poll.
+const PAGE_LAST: &str = r#"
+for (let n = document.getElementById("log-output").lastChild; n; n = n.previousSibling) {
+  const found = [...n.textContent.matchAll(/^line (\d+) /gm)];
+  if (found.length) return Number(found[found.length - 1][1]);
+}
+return 0;
+"#;
+
+async fn page_last(client: &Client) -> u64 {
+    let v = client.execute(PAGE_LAST, vec![]).await.unwrap();
+    v.as_u64().unwrap_or_else(|| panic!("{v}"))
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct PageLines {
+    count: u64,
+    first: u64,
+    last: u64,
+    breaks: Vec<(u64, u64)>,
+}
+
+async fn page_lines(client: &Client) -> PageLines {
+    let v = client.execute(PAGE_LINES, vec![]).await.unwrap();
+    serde_json::from_value(v).unwrap()
+}
+
+/// Lines per burst of the writer in the container, and their padding: about 3 KB per burst,
+/// a burst every 20 ms or so (some 150 KB/s). Fast enough to fill every buffer between the agent and the page
+/// in seconds, slow enough to keep the container's log small.
+const BURST: u32 = 20;
+const PAD: usize = 150;
+
+/// A container (removed when dropped) that the agent takes for a managed MCP server (its name
+/// and label): it writes numbered lines steadily, `line <n> xxx...`, whoever reads them.
+struct Writer {
+    name: String,
+}
+
+impl Writer {
+    fn start(instance: &str) -> Writer {
+        let image = busybox_image();
+        let w = Writer {
+            name: format!("dtma-mcp-{instance}"),
+        };
+        let script = format!(
+            "i=0; while :; do j=0; while [ $j -lt {BURST} ]; do i=$((i+1)); j=$((j+1)); \
+             echo \"line $i {}\"; done; usleep 20000; done",
+            "x".repeat(PAD)
+        );
+        docker_ok(&[
+            "run",
+            "-d",
+            "--name",
+            &w.name,
+            "--network",
+            "none",
+            "--log-driver",
+            "json-file",
+            "--label",
+            "ai.agentopia.dtma.managed=true",
+            &image,
+            "sh",
+            "-c",
+            &script,
+        ]);
+        w
+    }
+
+    /// The number of the last line the container has written (0 before the first).
+    async fn last_line(&self) -> u64 {
+        let name = self.name.clone();
+        let out = tokio::task::spawn_blocking(move || docker_ok(&["logs", "--tail", "1", &name]))
+            .await
+            .unwrap();
+        out.split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Wait (bounded) until the container has written line `n`.
+    async fn wait_for_line(&self, n: u64) {
+        within(60, &format!("the container's line {n}"), async {
+            while self.last_line().await < n {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["rm", "-f", &self.name])
+            .output();
+    }
+}
+
+fn docker_ok(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run the docker CLI ({e}): this test needs Docker (.ci/test.sh starts it)"
+            )
+        });
+    assert!(
+        out.status.success(),
+        "docker {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// An image of Debian's static busybox alone (no registry is reachable here), imported once
+/// per busybox build: `dtma-gateway-test-busybox:<12 hex of its SHA-256>`.
+fn busybox_image() -> String {
+    use sha2::Digest;
+    let busybox = std::fs::read("/bin/busybox").unwrap_or_else(|e| {
+        panic!("/bin/busybox ({e}): install busybox-static (.ci/test.sh does)")
+    });
+    let hash: String = sha2::Sha256::digest(&busybox)
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let tag = format!("dtma-gateway-test-busybox:{hash}");
+    let known = Command::new("docker")
+        .args(["image", "inspect", "--format", "{{.Id}}", &tag])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if known {
+        return tag;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let bin = root.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
+    for applet in ["sh", "[", "usleep"] {
+        std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
+    }
+    let mut tar = Command::new("tar")
+        .args(["-C"])
+        .arg(root.path())
+        .args(["-cf", "-", "."])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("tar");
+    let import = Command::new("docker")
+        .args(["import", "--change", "ENV PATH=/bin", "-", &tag])
+        .stdin(tar.stdout.take().expect("tar's stdout"))
+        .output()
+        .expect("docker import");
+    assert!(tar.wait().unwrap().success(), "tar failed");
+    assert!(
+        import.status.success(),
+        "docker import: {}",
+        String::from_utf8_lossy(&import.stderr)
+    );
+    tag
+}
+
+/// Pause really holds the agent back. A container writes lines steadily; the console follows
+/// its log; after Pause the page reads nothing, so the buffers between it and the gateway fill,
+/// the gateway's stream buffer (`buffer_bytes`) fills with unsent events, its pump stops, no
+/// more credit is granted and the agent stops sending: its count of bytes sent stays put while
+/// the container writes far more than a credit window. Resume brings every line written
+/// meanwhile (the agent resumes the follow from its own position), once and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_holds_the_agent_back_and_resume_loses_nothing() {
+    let gw = Gw::start_with(|c| {
+        c.streams.buffer_bytes = 64 << 10;
+        c.streams.initial_credit = 16 << 10;
+    })
+    .await;
+    let agent = Agent::start("a1", &gw).await;
+    connected(&gw, "a1").await;
+    let counters = agent
+        .running
+        .as_ref()
+        .expect("running")
+        .agent()
+        .metrics()
+        .streams();
+    let mut suffix = [0u8; 4];
+    getrandom::fill(&mut suffix).unwrap();
+    let instance = format!(
+        "gw-console-{}-{:02x}{:02x}{:02x}{:02x}",
+        std::process::id(),
+        suffix[0],
+        suffix[1],
+        suffix[2],
+        suffix[3]
+    );
+    let writer = Writer::start(&instance);
+    writer.wait_for_line(1).await;
+    let api = gw.api();
+
+    // Lines the container writes in a test step: about ten credit windows (16 KiB is some 100
+    // lines), one second of writing.
+    const WINDOW: u64 = 1000;
+    in_browser(move |client| async move {
+        open_console(&client, api, "a1").await;
+        type_into(&client, "log-instance", &instance).await;
+        click(&client, "log-start").await;
+        appears(
+            &client,
+            "the followed log",
+            "//pre[@id='log-output']/span[contains(., 'line ')]",
+        )
+        .await;
+
+        // Live before the pause: lines written after the follow began keep arriving.
+        let live = writer.last_line().await + 2 * WINDOW;
+        within(60, "the follow to keep up with the container", async {
+            while page_last(&client).await < live {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+
+        click(&client, "log-pause").await;
+        appears(
+            &client,
+            "the Resume button",
+            "//button[@id='log-pause'][.='Resume']",
+        )
+        .await;
+        let stalls_at_pause = counters.credit_stalls.get();
+
+        // Held: the agent sent nothing while the container wrote `WINDOW` lines, far more
+        // than a credit window. Until the buffers on the way fill, the agent still sends: try
+        // again from the new count.
+        let (held_sent, held_line) = within(60, "the agent to stop sending", async {
+            loop {
+                let sent = counters.sent_bytes.get();
+                let line = writer.last_line().await;
+                writer.wait_for_line(line + WINDOW).await;
+                if counters.sent_bytes.get() == sent {
+                    return (sent, writer.last_line().await);
+                }
+            }
+        })
+        .await;
+        assert!(
+            counters.credit_stalls.get() > stalls_at_pause,
+            "the agent never waited for credit"
+        );
+        let paused = page_lines(&client).await;
+        assert!(
+            paused.last + WINDOW <= held_line,
+            "the page shows line {} while the container wrote {held_line}",
+            paused.last
+        );
+        // Still held after another window of lines: the agent is at its credit limit, not
+        // merely slow.
+        writer.wait_for_line(held_line + WINDOW).await;
+        assert_eq!(counters.sent_bytes.get(), held_sent, "sent while paused");
+        assert_eq!(page_last(&client).await, paused.last, "read while paused");
+
+        // Resume: every line the container wrote during the pause arrives, once, in order.
+        let at_resume = writer.last_line().await;
+        click(&client, "log-pause").await;
+        appears(
+            &client,
+            "the Pause button",
+            "//button[@id='log-pause'][.='Pause']",
+        )
+        .await;
+        within(60, "the lines written during the pause", async {
+            while page_last(&client).await < at_resume {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+        let resumed = page_lines(&client).await;
+        assert!(
+            counters.sent_bytes.get() > held_sent,
+            "nothing sent after Resume"
+        );
+        assert!(
+            resumed.breaks.is_empty(),
+            "lines lost or repeated: {resumed:?}"
+        );
+        assert_eq!(
+            resumed.count,
+            resumed.last - resumed.first + 1,
+            "{resumed:?}"
+        );
+        assert!(resumed.first <= paused.last, "{resumed:?}");
+
+        let png = client.screenshot().await.unwrap();
+        std::fs::write(artifacts().join("console-logs.png"), &png).unwrap();
+
+        // Stop cancels the follow on the agent: its stream ends.
+        click(&client, "log-stop").await;
+        within(30, "the follow to end on the agent", async {
+            while counters.running.get() > 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        drop(writer);
+    })
+    .await;
 }
 
 /// Selecting another agent while a command runs cancels it on its agent (a `cancel`, not just a
