@@ -9,8 +9,9 @@ for tool in curl python3; do
   command -v "$tool" >/dev/null || need_apt+=("$tool")
 done
 # The Docker tests build their images from local files (no registry is reachable here), with
-# /bin/busybox from busybox-static (deploy/test-image.sh, and deploy/local-image.sh for the
-# agent's own image in tests/container.rs); docker-compose runs the benchmark's stack.
+# /bin/busybox from busybox-static (deploy/test-image.sh, deploy/local-image.sh for the
+# agent's own image in tests/container.rs, and the log writer of gateway/tests/console.rs);
+# docker-compose runs the benchmark's stack.
 [ -x /bin/busybox ] || need_apt+=(busybox-static)
 command -v docker-compose >/dev/null || need_apt+=(docker-compose)
 # tests/systemd.rs checks deploy/dtma.service with `systemd-analyze verify`.

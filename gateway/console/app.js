@@ -99,13 +99,18 @@ function renderAgents() {
   }
 }
 
+// Another agent: what runs on the previous one is cancelled there (a `cancel` request, not only
+// a closed connection: the gateway keeps a dropped stream for a resume, and the agent would
+// run the command to its end), and the page stops reading it.
 function select(agentId) {
   if (state.selected !== agentId) {
-    stopCommand();
+    stopCommand(true);
     stopLogs();
     $("output").replaceChildren();
+    delete $("output").dataset.requestId;
     $("exit-code").textContent = "";
     $("log-output").replaceChildren();
+    delete $("log-output").dataset.requestId;
     $("log-status").textContent = "";
   }
   state.selected = agentId;
@@ -236,10 +241,19 @@ function sendCancel(agentId, target) {
   }).catch(() => {});
 }
 
+// Appends, and keeps the view at the bottom if it was there. Layout is read once per frame
+// (before the frame's first append, and when it is drawn): reading it after every append would
+// force a layout per event, and a fast log (thousands of lines a second) would freeze the page.
+const pinned = new Map(); // pre -> was at the bottom before this frame's appends
 function appendTo(pre, text, cls) {
-  const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+  if (!pinned.has(pre)) {
+    pinned.set(pre, pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4);
+    requestAnimationFrame(() => {
+      if (pinned.get(pre)) pre.scrollTop = pre.scrollHeight;
+      pinned.delete(pre);
+    });
+  }
   pre.appendChild(el("span", text, cls));
-  if (atBottom) pre.scrollTop = pre.scrollHeight;
 }
 
 function describeEnd(m) {
@@ -271,7 +285,8 @@ async function runCommand(ev) {
   exitEl.dataset.done = "false";
   const id = newId("console");
   const abort = new AbortController();
-  state.command = { id, abort };
+  state.command = { id, agentId, abort };
+  out.dataset.requestId = id;
   $("run").disabled = true;
   $("cancel").disabled = false;
   const decode = outputDecoder();
@@ -288,8 +303,10 @@ async function runCommand(ev) {
   $("cancel").disabled = true;
 }
 
-function stopCommand() {
+// Stops reading the running command; with `cancel`, also cancels it on its agent.
+function stopCommand(cancel) {
   if (!state.command) return;
+  if (cancel) sendCancel(state.command.agentId, state.command.id);
   state.command.abort.abort();
   state.command = null;
   $("run").disabled = false;
@@ -306,6 +323,7 @@ async function startLogs(ev) {
   const out = $("log-output");
   out.replaceChildren();
   const id = newId("logs");
+  out.dataset.requestId = id;
   const logs = { id, agentId, abort: new AbortController(), paused: false, wake: null };
   state.logs = logs;
   $("log-start").disabled = true;
@@ -369,7 +387,7 @@ $("token-form").addEventListener("submit", (ev) => {
 });
 $("command-form").addEventListener("submit", runCommand);
 $("cancel").addEventListener("click", () => {
-  if (state.command) sendCancel(state.selected, state.command.id);
+  if (state.command) sendCancel(state.command.agentId, state.command.id);
 });
 $("logs-form").addEventListener("submit", startLogs);
 $("log-pause").addEventListener("click", togglePause);
