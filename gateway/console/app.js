@@ -347,10 +347,22 @@ async function startLogs(ev) {
   if (state.logs === logs) endLogsUi();
 }
 
-function togglePause() {
+// Pause is the gateway's: a browser's fetch keeps draining a body the page does not read, so
+// not reading alone would not hold the agent back. The gateway stops reading the agent's
+// events for this stream (no credit: the agent holds the output); the page also stops reading.
+function setPaused(agentId, id, paused) {
+  return fetch(
+    "/v1/agents/" + encodeURIComponent(agentId) + "/requests/" + encodeURIComponent(id) +
+      (paused ? "/pause" : "/resume"),
+    { method: "POST", headers: headers({}) },
+  ).catch(() => {});
+}
+
+async function togglePause() {
   const logs = state.logs;
   if (!logs) return;
   logs.paused = !logs.paused;
+  await setPaused(logs.agentId, logs.id, logs.paused);
   $("log-pause").textContent = logs.paused ? "Resume" : "Pause";
   $("log-status").textContent = logs.paused ? "paused (not reading: the agent is held back)" : "following";
   if (!logs.paused && logs.wake) {

@@ -49,9 +49,7 @@ async fn main() -> std::process::ExitCode {
             tracing::error!(error = %e, "Cannot start.");
             std::process::ExitCode::from(match e {
                 // Unavailable (EX_UNAVAILABLE): a port taken, NATS unreachable; systemd retries.
-                dtma_gateway::StartError::Bind { .. } | dtma_gateway::StartError::Cluster(_) => {
-                    69
-                }
+                dtma_gateway::StartError::Bind { .. } | dtma_gateway::StartError::Cluster(_) => 69,
                 _ => 64,
             })
         }

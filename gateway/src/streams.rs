@@ -441,6 +441,8 @@ pub struct Stream {
     readers: Mutex<(usize, std::time::Instant)>,
     /// The reaper has cancelled it (see `Streams::with_reaper`).
     cancel_sent: std::sync::atomic::AtomicBool,
+    /// An operator paused it ([`Stream::pause`]): the pump reads nothing, so no credit.
+    paused: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -465,7 +467,9 @@ impl Buf {
     /// the cap.
     fn evict(&mut self, cap: usize) {
         let slowest = self.positions.values().min().copied().unwrap_or(u64::MAX);
-        while self.bytes > cap
+        // `>=`: the pump needs `bytes < cap` to read on. At exactly the cap, evicting nothing
+        // would leave it waiting for a change that never comes.
+        while self.bytes >= cap
             && let Some(front) = self.events.front()
             && self.sent.is_some_and(|s| front.seq <= s)
             && front.seq < slowest
@@ -511,7 +515,23 @@ impl Stream {
             cap,
             readers: Mutex::new((0, std::time::Instant::now())),
             cancel_sent: std::sync::atomic::AtomicBool::new(false),
+            paused: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Stop (`true`) or restart reading the agent's events for this stream. Paused, the
+    /// buffer takes nothing more, so no credit is granted and the agent holds the command's
+    /// (or the follow's) output back; what is buffered still reaches the clients. This is how
+    /// a client pauses when it cannot stop reading its body (a browser's `fetch` keeps
+    /// draining a body the page does not read).
+    pub fn pause(&self, paused: bool) {
+        self.paused
+            .store(paused, std::sync::atomic::Ordering::Relaxed);
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    pub fn paused(&self) -> bool {
+        self.paused.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How long a running follow has had no reader; `None` while read, ended, not a follow,
@@ -536,9 +556,9 @@ impl Stream {
     async fn pump(&self, mut rx: Source, stop: &CancellationToken) {
         let mut changes = self.changed.subscribe();
         loop {
-            // Wait for room: readers advance `sent`, which lets eviction free it.
+            // Wait for room (readers advance, which lets eviction free it) and while paused.
             loop {
-                if lock(&self.buf).bytes < self.cap {
+                if lock(&self.buf).bytes < self.cap && !self.paused() {
                     break;
                 }
                 tokio::select! {
@@ -769,6 +789,27 @@ mod tests {
         assert!(lock(&s.buf).bytes <= 300);
         drop(c);
         assert_eq!(lock(&s.buf).first_held, 2);
+    }
+
+    #[tokio::test]
+    async fn a_buffer_exactly_full_of_read_events_makes_room() {
+        let one = serde_json::to_vec(&output(0)).unwrap().len();
+        let s = stream(3 * one);
+        for seq in 0..3 {
+            s.append(output(seq));
+        }
+        assert_eq!(lock(&s.buf).bytes, 3 * one);
+        let mut c = s.cursor(0).expect("from the start");
+        for seq in 0..3 {
+            assert_eq!(next_seq(&mut c).await, seq);
+        }
+        // Everything was read: the pump (which needs bytes < cap) must be able to go on.
+        assert!(
+            lock(&s.buf).bytes < s.cap,
+            "{} of {}",
+            lock(&s.buf).bytes,
+            s.cap
+        );
     }
 
     #[tokio::test]

@@ -160,7 +160,10 @@ pub(super) fn start_writer(cluster: &Cluster, cp: ControlPlane) {
                 match event {
                     Ok(ev) => batch.push(ev),
                     Err(RecvError::Lagged(n)) => {
-                        warn!(missed = n, "Directory writer lagged; rewriting this node's agents.");
+                        warn!(
+                            missed = n,
+                            "Directory writer lagged; rewriting this node's agents."
+                        );
                         lagged = true;
                     }
                     Err(RecvError::Closed) => return,

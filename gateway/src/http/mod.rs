@@ -51,6 +51,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/agents/{agent_id}"),
     ("POST", "/v1/agents/{agent_id}/requests"),
     ("GET", "/v1/agents/{agent_id}/requests/{request_id}/events"),
+    ("POST", "/v1/agents/{agent_id}/requests/{request_id}/pause"),
+    ("POST", "/v1/agents/{agent_id}/requests/{request_id}/resume"),
     ("GET", "/console"),
     ("GET", "/console/app.js"),
     ("GET", "/console/app.css"),
@@ -191,6 +193,25 @@ async fn route(
             Ok(()) => match rest {
                 ["agents"] => only(&req, Method::GET).map(|()| list_agents(api)),
                 ["agents", agent] => only(&req, Method::GET).and_then(|()| one_agent(api, agent)),
+                [
+                    "agents",
+                    agent,
+                    "requests",
+                    rid,
+                    action @ ("pause" | "resume"),
+                ] => match only(&req, Method::POST) {
+                    Ok(()) => match api.streams.get(agent, rid).await {
+                        Ok(stream) => {
+                            stream.pause(*action == "pause");
+                            Ok(json(
+                                StatusCode::OK,
+                                &serde_json::json!({ "paused": stream.paused() }),
+                            ))
+                        }
+                        Err(e) => Err(e.into()),
+                    },
+                    Err(e) => Err(e),
+                },
                 ["agents", agent, "requests"] => match only(&req, Method::POST) {
                     Ok(()) => {
                         let agent = (*agent).to_owned();
