@@ -42,6 +42,9 @@ pub struct Args {
     /// Where agent events are POSTed (`http://` or `https://`); none: no webhooks.
     #[arg(long, env = "DTMA_GATEWAY_WEBHOOK_URL")]
     pub webhook_url: Option<String>,
+    /// Agent token hook URL: asked about tokens the file does not hold (see gateway/README.md).
+    #[arg(long, env = "DTMA_GATEWAY_AGENT_AUTH_HOOK")]
+    pub agent_auth_hook: Option<String>,
     /// PEM certificate chain for the agent listener (agents then dial `wss://`).
     #[arg(long, env = "DTMA_GATEWAY_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
@@ -218,7 +221,9 @@ pub struct Config {
     pub agent_listen: SocketAddr,
     pub operator_listen: SocketAddr,
     /// The agent token file ([`crate::tokens::FileTokenStore`]).
-    pub agent_tokens: PathBuf,
+    pub agent_tokens: Option<PathBuf>,
+    /// The agent token hook (`[agent_auth]`): asked about tokens the file does not hold.
+    pub agent_auth_hook: Option<HookSettings>,
     /// Bearer tokens of the operator API. Never an agent token: start-up refuses an overlap.
     pub operator_tokens: Vec<Secret>,
     pub streams: StreamSettings,
@@ -241,7 +246,8 @@ impl Config {
         Config {
             agent_listen: DEFAULT_AGENT_LISTEN.parse().expect("a valid literal"),
             operator_listen: DEFAULT_OPERATOR_LISTEN.parse().expect("a valid literal"),
-            agent_tokens: agent_tokens.into(),
+            agent_tokens: Some(agent_tokens.into()),
+            agent_auth_hook: None,
             operator_tokens,
             streams: StreamSettings::default(),
             heartbeat_interval: None,
@@ -259,11 +265,13 @@ impl Config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
-        let agent_tokens = args
-            .agent_tokens
-            .clone()
-            .or(file.agent_tokens)
-            .ok_or(Error::Missing("agent_tokens (--agent-tokens)"))?;
+        let hook = agent_auth(args, &file.agent_auth)?;
+        let agent_tokens = args.agent_tokens.clone().or(file.agent_tokens);
+        if agent_tokens.is_none() && hook.is_none() {
+            return Err(Error::Missing(
+                "agent_tokens (--agent-tokens), or an agent token hook ([agent_auth] hook_url)",
+            ));
+        }
         let mut operator_tokens: Vec<Secret> = file
             .operator_tokens
             .into_iter()
@@ -285,7 +293,9 @@ impl Config {
                     .map(Secret::new),
             );
         }
-        let mut c = Config::new(agent_tokens, operator_tokens);
+        let mut c = Config::new(PathBuf::new(), operator_tokens);
+        c.agent_tokens = agent_tokens;
+        c.agent_auth_hook = hook;
         if let Some(a) = args.agent_listen.or(file.agent_listen) {
             c.agent_listen = a;
         }
@@ -407,6 +417,48 @@ impl Config {
     }
 }
 
+/// The agent token hook: the backend answers for tokens (see `crate::hook`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookSettings {
+    /// `http://` or `https://` URL the gateway POSTs `{"token_sha256"}` to.
+    pub url: String,
+    /// Extra CA certificates (PEM) for an `https` hook, beside the webpki roots.
+    pub ca_file: Option<PathBuf>,
+    /// Sent as `Authorization: Bearer` to the hook.
+    pub bearer: Option<Secret>,
+    pub timeout: Duration,
+    /// How long a known token is remembered (and so how long a revoked one still works).
+    pub cache: Duration,
+}
+
+fn agent_auth(args: &Args, file: &FileAgentAuth) -> Result<Option<HookSettings>, Error> {
+    let Some(url) = args.agent_auth_hook.clone().or(file.hook_url.clone()) else {
+        return Ok(None);
+    };
+    let bearer = match &file.hook_token_file {
+        None => None,
+        Some(path) => Some(Secret::new(
+            std::fs::read_to_string(path)
+                .map_err(|source| Error::Read {
+                    path: path.clone(),
+                    source,
+                })?
+                .trim(),
+        )),
+    };
+    Ok(Some(HookSettings {
+        url,
+        ca_file: file.hook_ca_file.clone(),
+        bearer,
+        timeout: file
+            .hook_timeout_ms
+            .map_or(Duration::from_secs(3), Duration::from_millis),
+        cache: file
+            .hook_cache_s
+            .map_or(Duration::from_secs(60), Duration::from_secs),
+    }))
+}
+
 /// `[cluster]` with the flags over it; no NATS URL anywhere: one node on its own.
 fn cluster(args: &Args, file: FileCluster) -> Result<Option<ClusterSettings>, Error> {
     let Some(url) = args.nats_url.clone().or(file.nats_url) else {
@@ -490,7 +542,19 @@ struct FileConfig {
     #[serde(default)]
     tls: FileTls,
     #[serde(default)]
+    agent_auth: FileAgentAuth,
+    #[serde(default)]
     drain: FileDrain,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAgentAuth {
+    hook_url: Option<String>,
+    hook_ca_file: Option<PathBuf>,
+    hook_token_file: Option<PathBuf>,
+    hook_timeout_ms: Option<u64>,
+    hook_cache_s: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -601,7 +665,7 @@ retention_s = 7
             ..Args::default()
         };
         let c = Config::load(&args).expect("loads");
-        assert_eq!(c.agent_tokens, PathBuf::from("/from/flag"));
+        assert_eq!(c.agent_tokens, Some(PathBuf::from("/from/flag")));
         assert_eq!(c.agent_listen, "127.0.0.1:9000".parse().expect("addr"));
         assert_eq!(
             c.operator_listen,
@@ -710,6 +774,29 @@ backoff_base_ms = 5
         assert!(matches!(
             Config::load(&short_secret),
             Err(Error::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn a_token_hook_can_stand_in_for_the_token_file() {
+        let hooked = write(
+            "operator_tokens = [\"0123456789abcdef-op\"]\n[agent_auth]\nhook_url = \"https://backend.example/agent-token\"\nhook_cache_s = 5\n",
+        );
+        let c = Config::load(&Args {
+            config: Some(hooked.path().to_owned()),
+            ..Args::default()
+        })
+        .expect("loads");
+        assert_eq!(c.agent_tokens, None);
+        let hook = c.agent_auth_hook.expect("the hook");
+        assert_eq!(hook.cache, Duration::from_secs(5));
+        let neither = write("operator_tokens = [\"0123456789abcdef-op\"]\n");
+        assert!(matches!(
+            Config::load(&Args {
+                config: Some(neither.path().to_owned()),
+                ..Args::default()
+            }),
+            Err(Error::Missing(_))
         ));
     }
 }

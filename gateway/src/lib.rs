@@ -12,6 +12,7 @@
 
 pub mod cluster;
 pub mod config;
+pub mod hook;
 pub mod http;
 pub mod metrics;
 pub mod streams;
@@ -45,6 +46,8 @@ pub enum StartError {
     SharedToken(usize),
     #[error(transparent)]
     Cluster(#[from] cluster::Error),
+    #[error(transparent)]
+    Hook(#[from] hook::Error),
     #[error("TLS for the agent listener: {0}")]
     Tls(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -58,7 +61,7 @@ pub enum StartError {
 pub struct Running {
     agent_addr: SocketAddr,
     operator_addr: SocketAddr,
-    tokens: Arc<ReloadableTokens>,
+    tokens: Option<Arc<ReloadableTokens>>,
     cluster: Option<cluster::Cluster>,
     cp: ControlPlane,
     streams: Streams,
@@ -127,14 +130,18 @@ impl Running {
 /// Reloads the agent token file: see [`Running::reload_tokens`].
 #[derive(Clone)]
 pub struct TokenReloader {
-    tokens: Arc<ReloadableTokens>,
+    tokens: Option<Arc<ReloadableTokens>>,
     cp: ControlPlane,
 }
 
 impl TokenReloader {
     pub fn reload(&self) -> Result<usize, tokens::Error> {
-        self.tokens.reload()?;
-        let now = self.tokens.current();
+        let Some(tokens) = &self.tokens else {
+            // Only the hook: nothing to read again (its cache expires by itself).
+            return Ok(0);
+        };
+        tokens.reload()?;
+        let now = tokens.current();
         for rec in self.cp.agents() {
             if rec.connected && !now.has_agent(&rec.agent_id) {
                 info!(agent_id = %rec.agent_id, "Agent token revoked: closing its session.");
@@ -153,24 +160,38 @@ impl TokenReloader {
 /// listeners, agent sessions, operator streams (their bodies end) and retention timers.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, StartError> {
     config.validate()?;
-    let store = FileTokenStore::load(&config.agent_tokens)?;
-    if let Some(i) = config
-        .operator_tokens
-        .iter()
-        .position(|t| store.contains(t.expose()))
-    {
-        return Err(StartError::SharedToken(i + 1));
-    }
-    let agent_tokens = store.len();
-    drop(store);
-    let tokens = Arc::new(ReloadableTokens::load(
-        &config.agent_tokens,
-        config
-            .operator_tokens
-            .iter()
-            .map(|t| tokens::digest(t.expose()))
-            .collect(),
-    )?);
+    let mut agent_tokens = 0;
+    let tokens = match &config.agent_tokens {
+        None => None,
+        Some(path) => {
+            let store = FileTokenStore::load(path)?;
+            if let Some(i) = config
+                .operator_tokens
+                .iter()
+                .position(|t| store.contains(t.expose()))
+            {
+                return Err(StartError::SharedToken(i + 1));
+            }
+            agent_tokens = store.len();
+            Some(Arc::new(ReloadableTokens::load(
+                path,
+                config
+                    .operator_tokens
+                    .iter()
+                    .map(|t| tokens::digest(t.expose()))
+                    .collect(),
+            )?))
+        }
+    };
+    let hook = config
+        .agent_auth_hook
+        .as_ref()
+        .map(hook::HookTokens::new)
+        .transpose()?;
+    let store = Arc::new(hook::Chain {
+        file: tokens.clone(),
+        hook,
+    });
     let tls = config
         .tls
         .as_ref()
@@ -191,7 +212,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         resume_hook: cluster
             .clone()
             .map(|c| Arc::new(c) as Arc<dyn dtma_control_plane::ResumeHook>),
-        token_store: Some(tokens.clone()),
+        token_store: Some(store),
         operator_http: false,
         initial_credit: config.streams.initial_credit,
         heartbeat_interval_ms: config

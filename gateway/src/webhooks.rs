@@ -451,12 +451,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Where events go, parsed once.
 #[derive(Debug, Clone)]
 pub struct Target {
-    host: String,
-    port: u16,
+    pub(crate) host: String,
+    pub(crate) port: u16,
     /// The `Host` header.
-    authority: String,
-    path_and_query: String,
-    https: bool,
+    pub(crate) authority: String,
+    pub(crate) path_and_query: String,
+    pub(crate) https: bool,
 }
 
 impl Target {
@@ -808,7 +808,9 @@ where
 }
 
 /// rustls client configuration: the webpki roots plus the certificates of `ca_file`.
-fn tls_config(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, Error> {
+pub(crate) fn tls_config(
+    ca_file: Option<&std::path::Path>,
+) -> Result<Arc<rustls::ClientConfig>, Error> {
     let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };

@@ -81,7 +81,7 @@ async fn a_certificate_that_does_not_parse_stops_the_start() {
 #[tokio::test(flavor = "multi_thread")]
 async fn reloading_the_token_file_admits_new_tokens_and_revokes_removed_ones() {
     let mut file = None;
-    let gw = Gw::start_with(|c| file = Some(c.agent_tokens.clone())).await;
+    let gw = Gw::start_with(|c| file = c.agent_tokens.clone()).await;
     let file = file.unwrap();
     let a1 = Agent::start("a1", &gw).await;
     connected(&gw, "a1").await;
@@ -127,4 +127,148 @@ async fn reloading_the_token_file_admits_new_tokens_and_revokes_removed_ones() {
         gw.r().reload_tokens(),
         Err(dtma_gateway::tokens::Error::SharedToken(_))
     ));
+}
+
+/// A token hook on 127.0.0.1: knows one digest, records every body, answers 500 on demand.
+struct Hook {
+    url: String,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+async fn hook(known_digest: String, agent: &'static str) -> Hook {
+    use std::sync::atomic::Ordering;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/agent-token", listener.local_addr().unwrap());
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (b, f) = (bodies.clone(), failing.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (b, f, known) = (b.clone(), f.clone(), known_digest.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (b, f, known) = (b.clone(), f.clone(), known.clone());
+                        async move {
+                            use http_body_util::BodyExt;
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let text = String::from_utf8_lossy(&body).into_owned();
+                            b.lock().unwrap().push(text.clone());
+                            let v: serde_json::Value =
+                                serde_json::from_str(&text).unwrap_or_default();
+                            let (status, out) = if f.load(Ordering::Relaxed) {
+                                (500, String::new())
+                            } else if v["token_sha256"] == known.as_str() {
+                                (200, format!(r#"{{"agent_id":"{agent}"}}"#))
+                            } else {
+                                (404, String::new())
+                            };
+                            let mut r = hyper::Response::new(http_body_util::Full::new(
+                                bytes::Bytes::from(out),
+                            ));
+                            *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                            Ok::<_, std::convert::Infallible>(r)
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    Hook {
+        url,
+        bodies,
+        failing,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_hook_admits_agents_by_digest_and_a_failing_hook_means_try_again() {
+    use std::sync::atomic::Ordering;
+    let token = "agent-a4-token-from-the-backend";
+    let hex: String = dtma_gateway::tokens::digest(token)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let h = hook(hex.clone(), "a4").await;
+    let url = h.url.clone();
+    let gw = Gw::start_with(|c| {
+        c.agent_auth_hook = Some(dtma_gateway::config::HookSettings {
+            url,
+            ca_file: None,
+            bearer: None,
+            timeout: std::time::Duration::from_secs(5),
+            cache: std::time::Duration::from_secs(60),
+        })
+    })
+    .await;
+    // A file token still works without asking the hook.
+    let _a1 = Agent::start("a1", &gw).await;
+    connected(&gw, "a1").await;
+    assert!(h.bodies.lock().unwrap().is_empty(), "the file answered a1");
+    // The hook's token: admitted, and the hook saw the digest, never the token.
+    let a4 = Agent::start_with(agent_config("a4", token, gw.url())).await;
+    connected(&gw, "a4").await;
+    {
+        let bodies = h.bodies.lock().unwrap();
+        assert_eq!(bodies.len(), 1, "{bodies:?}");
+        assert!(
+            bodies[0].contains(&hex) && !bodies[0].contains(token),
+            "{bodies:?}"
+        );
+    }
+    // Cached: a reconnect does not ask again.
+    let first = gw
+        .r()
+        .control_plane()
+        .session("a4")
+        .unwrap()
+        .session_id
+        .clone();
+    gw.r()
+        .control_plane()
+        .disconnect("a4", 4003, "test")
+        .unwrap();
+    within(
+        20,
+        "a4 back",
+        gw.r().control_plane().wait_for_new_session("a4", &first),
+    )
+    .await;
+    assert_eq!(h.bodies.lock().unwrap().len(), 1);
+    drop(a4);
+    // Unknown to the hook: 401.
+    let stranger =
+        Agent::start_with(agent_config("a5", "agent-a5-token-unknown-12345", gw.url())).await;
+    let mut link = stranger.link();
+    within(
+        20,
+        "a5 refused",
+        link.wait_for(
+            |s| matches!(s, LinkState::BackingOff { cause, .. } if cause.contains("401")),
+        ),
+    )
+    .await
+    .unwrap();
+    drop(stranger);
+    // A failing hook: 503, the agent tries again (not a refusal).
+    h.failing.store(true, Ordering::Relaxed);
+    let other =
+        Agent::start_with(agent_config("a6", "agent-a6-token-unknown-12345", gw.url())).await;
+    let mut link = other.link();
+    within(
+        20,
+        "a6 told to try again",
+        link.wait_for(
+            |s| matches!(s, LinkState::BackingOff { cause, .. } if cause.contains("503")),
+        ),
+    )
+    .await
+    .unwrap();
 }
