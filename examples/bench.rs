@@ -32,10 +32,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use dtma_control_plane::{ControlPlane, Options, StreamRx};
 use dtma_protocol::{AgentMessage, Cancel, Encoding, Exec, Exit, RequestBody};
-use futures_util::FutureExt;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use tokio_util::sync::CancellationToken;
@@ -316,25 +315,7 @@ async fn main() -> Result<()> {
     let load = support::load_at_start();
     let reaper = Arc::new(Reaper::new()?);
     let mut results = Results::default();
-    let interrupted = async {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (mut int, mut term) = (
-            signal(SignalKind::interrupt())?,
-            signal(SignalKind::terminate())?,
-        );
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-        }
-        Ok::<_, std::io::Error>(())
-    };
-    let outcome = tokio::select! {
-        r = std::panic::AssertUnwindSafe(run(&settings, &reaper, &mut results)).catch_unwind() => match r {
-            Ok(r) => r,
-            Err(_) => Err(anyhow!("the bench panicked")),
-        },
-        _ = interrupted => Err(anyhow!("interrupted")),
-    };
+    let outcome = support::until_interrupted(run(&settings, &reaper, &mut results)).await;
     let cleanup_reaper = reaper.clone();
     tokio::task::spawn_blocking(move || cleanup_reaper.cleanup()).await?;
 

@@ -49,7 +49,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use dtma_control_plane::{ControlPlane, Options, StreamRx, output_bytes};
 use dtma_protocol::{AgentMessage, Cancel, Fd, LogsFollow, RequestBody};
-use futures_util::FutureExt;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::{Bytes, Incoming};
 use serde_json::{Value, json};
@@ -276,26 +275,8 @@ async fn main() -> Result<()> {
     let load = support::load_at_start();
     let reaper = Arc::new(Reaper::new("dtma-bench-logs")?);
     let mut results = Results::default();
-    let interrupted = async {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (mut int, mut term) = (
-            signal(SignalKind::interrupt())?,
-            signal(SignalKind::terminate())?,
-        );
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-        }
-        Ok::<_, std::io::Error>(())
-    };
     // Dropping the run (interrupted) kills its `docker logs` processes (kill_on_drop).
-    let outcome = tokio::select! {
-        r = std::panic::AssertUnwindSafe(run(&settings, &reaper, &mut results)).catch_unwind() => match r {
-            Ok(r) => r,
-            Err(_) => Err(anyhow!("the bench panicked")),
-        },
-        _ = interrupted => Err(anyhow!("interrupted")),
-    };
+    let outcome = support::until_interrupted(run(&settings, &reaper, &mut results)).await;
     let cleanup_reaper = reaper.clone();
     tokio::task::spawn_blocking(move || cleanup_reaper.cleanup()).await?;
     if let Err(e) = &outcome {

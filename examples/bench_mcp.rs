@@ -39,8 +39,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail, ensure};
-use futures_util::FutureExt;
+use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
 
 #[path = "support/mcp.rs"]
@@ -188,25 +187,7 @@ async fn main() -> Result<()> {
     let load = support::load_at_start();
     let reaper = Arc::new(Reaper::new("dtma-bench-mcp")?);
     let mut results = Results::default();
-    let interrupted = async {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (mut int, mut term) = (
-            signal(SignalKind::interrupt())?,
-            signal(SignalKind::terminate())?,
-        );
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-        }
-        Ok::<_, std::io::Error>(())
-    };
-    let outcome = tokio::select! {
-        r = std::panic::AssertUnwindSafe(run(&settings, &reaper, &mut results)).catch_unwind() => match r {
-            Ok(r) => r,
-            Err(_) => Err(anyhow!("the bench panicked")),
-        },
-        _ = interrupted => Err(anyhow!("interrupted")),
-    };
+    let outcome = support::until_interrupted(run(&settings, &reaper, &mut results)).await;
     let cleanup_reaper = reaper.clone();
     tokio::task::spawn_blocking(move || cleanup_reaper.cleanup()).await?;
     if let Err(e) = &outcome {

@@ -1,4 +1,5 @@
-//! Shared by the benchmark examples (`bench.rs`, `bench_mcp.rs`, `bench_logs.rs`): stopping
+//! Shared by the benchmark examples (`bench.rs`, `bench_mcp.rs`, `bench_logs.rs`, and the gateway's
+//! `gateway_bench` through `#[path]`): running until done or interrupted, stopping
 //! child processes, what the machine was and how busy it was, and replacing a generated
 //! section of BENCHMARKS.md between its markers. The MCP benchmarks also share `mcp.rs`.
 
@@ -10,6 +11,32 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+
+/// Run a bench's measurements until they end, panic, or SIGINT/SIGTERM arrives: a panic or a
+/// signal becomes an error, so the caller still cleans up its processes and prints what it has.
+/// Dropping `run` (at a signal) drops whatever it holds, `kill_on_drop` children included.
+pub async fn until_interrupted(run: impl std::future::Future<Output = Result<()>>) -> Result<()> {
+    use futures_util::FutureExt;
+    use tokio::signal::unix::{SignalKind, signal};
+    let interrupted = async {
+        let (mut int, mut term) = (
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+        );
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    tokio::select! {
+        r = std::panic::AssertUnwindSafe(run).catch_unwind() => match r {
+            Ok(r) => r,
+            Err(_) => Err(anyhow::anyhow!("the bench panicked")),
+        },
+        _ = interrupted => Err(anyhow::anyhow!("interrupted")),
+    }
+}
 
 /// A poisoned lock still holds valid data here (a panicking bench task only adds entries).
 pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -60,7 +60,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use bytes::Bytes;
-use futures_util::FutureExt;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use sim::{AgentSpec, Beat, Counters};
@@ -443,25 +442,7 @@ async fn main() -> Result<()> {
     let load = support::load_at_start();
     let procs = Arc::new(Procs::new()?);
     let mut results = Results::default();
-    let interrupted = async {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (mut int, mut term) = (
-            signal(SignalKind::interrupt())?,
-            signal(SignalKind::terminate())?,
-        );
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-        }
-        Ok::<_, std::io::Error>(())
-    };
-    let outcome = tokio::select! {
-        r = std::panic::AssertUnwindSafe(run(&settings, &procs, &mut results)).catch_unwind() => match r {
-            Ok(r) => r,
-            Err(_) => Err(anyhow!("the bench panicked")),
-        },
-        _ = interrupted => Err(anyhow!("interrupted")),
-    };
+    let outcome = support::until_interrupted(run(&settings, &procs, &mut results)).await;
     let p = procs.clone();
     tokio::task::spawn_blocking(move || p.cleanup()).await?;
 
