@@ -8,6 +8,8 @@ const TOKEN_KEY = "dtma-operator-token";
 const POLL_MS = 2000;
 // A dropped stream is re-attached from its last seq (Last-Event-ID) this many times.
 const MAX_RESUMES = 5;
+// Events (output chunks) kept on screen per view; older ones are dropped from the page only.
+const MAX_SHOWN = 20000;
 
 const $ = (id) => document.getElementById(id);
 
@@ -254,6 +256,10 @@ function appendTo(pre, text, cls) {
     });
   }
   pre.appendChild(el("span", text, cls));
+  // A follow left open for hours must not grow the page without end: keep the newest events.
+  while (pre.childElementCount > MAX_SHOWN) {
+    pre.firstElementChild.remove();
+  }
 }
 
 function describeEnd(m) {
