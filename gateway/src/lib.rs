@@ -67,6 +67,7 @@ pub struct Running {
     streams: Streams,
     webhooks: Option<webhooks::Webhooks>,
     stop: CancellationToken,
+    hard: CancellationToken,
     tasks: TaskTracker,
     agent_server: tokio::task::JoinHandle<()>,
 }
@@ -120,8 +121,20 @@ impl Running {
     /// Wait until `shutdown` (given to [`start`]) is cancelled and everything has stopped.
     pub async fn join(self) {
         self.stop.cancelled().await;
+        // The drain ends with `hard`; its own timeout bounds it.
+        self.hard.cancelled().await;
         self.tasks.close();
-        self.tasks.wait().await;
+        // Every task ends at the stop; a bound all the same, so that a task stuck on the network
+        // cannot keep a stopping node alive (systemd would have to kill it).
+        if tokio::time::timeout(JOIN_LIMIT, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                left = self.tasks.len(),
+                "Tasks still running {JOIN_LIMIT:?} after the drain; stopping without them."
+            );
+        }
         let _ = self.agent_server.await;
         info!("Gateway stopped.");
     }
@@ -155,6 +168,10 @@ impl TokenReloader {
         Ok(now.len())
     }
 }
+
+/// How long [`Running::join`] waits for tasks after the drain has ended (the drain itself has
+/// its own timeout before that).
+const JOIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Bind both listeners and start serving. Everything stops when `shutdown` is cancelled: the
 /// listeners, agent sessions, operator streams (their bodies end) and retention timers.
@@ -296,6 +313,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         streams,
         webhooks,
         stop: shutdown,
+        hard,
         tasks,
         agent_server,
     })

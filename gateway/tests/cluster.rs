@@ -482,3 +482,15 @@ async fn a_rolling_restart_of_every_node_under_load_fails_no_call() {
         retried.load(Ordering::Relaxed)
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_whose_nats_is_gone_still_drains_and_exits_0() {
+    let mut nats = Nats::start().await;
+    let files = Files::new("");
+    let mut a = Node::start("a", &nats, &files).await;
+    nats.kill().await;
+    // Before, the node's last beat ("gone") waited for a flush that never came: SIGTERM
+    // drained, then the process stayed up for ever.
+    let status = a.stop().await;
+    assert!(status.success(), "{status}\n{}", logs(&[&a]));
+}

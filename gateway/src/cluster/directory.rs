@@ -204,7 +204,12 @@ pub(super) fn start_writer(cluster: &Cluster, cp: ControlPlane) {
                 DirectoryEvent::Disconnected(r)
             })
             .collect();
-        me.apply(&cp, &mut owned, last).await;
+        // Bounded, like every step after the stop: NATS may be gone.
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            me.apply(&cp, &mut owned, last),
+        )
+        .await;
     });
 }
 

@@ -312,9 +312,13 @@ impl Cluster {
                     }
                 }
             }
-            // Leaving on purpose: tell the others at once rather than after `node_ttl`.
-            let _ = me.inner.client.publish(own, Bytes::from_static(b"gone")).await;
-            let _ = me.inner.client.flush().await;
+            // Leaving on purpose: tell the others at once rather than after `node_ttl`. Bounded:
+            // with NATS unreachable, a flush would wait for ever and the node never stop.
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                let _ = me.inner.client.publish(own, Bytes::from_static(b"gone")).await;
+                let _ = me.inner.client.flush().await;
+            })
+            .await;
         });
         Ok(())
     }

@@ -58,6 +58,13 @@ impl Nats {
     }
 }
 
+impl Nats {
+    /// SIGKILL: NATS is gone for good.
+    pub async fn kill(&mut self) {
+        self.child.kill().await.unwrap();
+    }
+}
+
 /// The files every node shares: agent tokens, operator tokens, a config.
 pub struct Files {
     dir: tempfile::TempDir,
