@@ -39,7 +39,6 @@
 //! stopped and removed, and the temporary directory deleted, at the end, on error and on
 //! Ctrl-C. No network is created: every container uses the host's.
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -1566,22 +1565,14 @@ const BEGIN: &str =
 const END: &str = "<!-- bench-logs:results:end -->";
 
 fn write_markdown(path: &Path, report: &Report) -> Result<()> {
-    let mut section = String::new();
-    let _ = writeln!(section, "{BEGIN}");
-    let _ = writeln!(
-        section,
-        "Run of {} (`bash deploy/bench-logs.sh`):\n",
-        report.when
+    let section = support::results_section(
+        BEGIN,
+        END,
+        &format!("Run of {} (`bash deploy/bench-logs.sh`):", report.when),
+        &report.table,
+        &report.notes,
+        &report.facts,
     );
-    let _ = writeln!(section, "{}\n", report.table);
-    for n in &report.notes {
-        let _ = writeln!(section, "- {n}");
-    }
-    let _ = writeln!(section, "\nMachine:\n");
-    for (k, v) in &report.facts {
-        let _ = writeln!(section, "- {k}: {v}");
-    }
-    let _ = write!(section, "{END}");
     support::replace_section(
         path,
         BEGIN,

@@ -895,22 +895,14 @@ const BEGIN: &str =
 const END: &str = "<!-- bench-mcp:results:end -->";
 
 fn write_markdown(path: &Path, report: &Report) -> Result<()> {
-    let mut section = String::new();
-    let _ = writeln!(section, "{BEGIN}");
-    let _ = writeln!(
-        section,
-        "Run of {} (`bash deploy/bench-mcp.sh`):\n",
-        report.when
+    let section = support::results_section(
+        BEGIN,
+        END,
+        &format!("Run of {} (`bash deploy/bench-mcp.sh`):", report.when),
+        &report.table,
+        &report.notes,
+        &report.facts,
     );
-    let _ = writeln!(section, "{}\n", report.table);
-    for n in &report.notes {
-        let _ = writeln!(section, "- {n}");
-    }
-    let _ = writeln!(section, "\nMachine:\n");
-    for (k, v) in &report.facts {
-        let _ = writeln!(section, "- {k}: {v}");
-    }
-    let _ = write!(section, "{END}");
     support::replace_section(
         path,
         BEGIN,

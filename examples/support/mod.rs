@@ -182,6 +182,31 @@ pub fn machine_facts() -> Vec<(String, String)> {
 
 /// Put `section` (which starts with `begin` and ends with `end`) in place of the old one in
 /// the file at `path`; without markers, append it under `heading`.
+/// A generated results section: the markers, the run line, the table, its notes and the machine.
+pub fn results_section(
+    begin: &str,
+    end: &str,
+    run: &str,
+    table: &str,
+    notes: &[String],
+    facts: &[(String, String)],
+) -> String {
+    use std::fmt::Write as _;
+    let mut section = String::new();
+    let _ = writeln!(section, "{begin}");
+    let _ = writeln!(section, "{run}\n");
+    let _ = writeln!(section, "{table}\n");
+    for n in notes {
+        let _ = writeln!(section, "- {n}");
+    }
+    let _ = writeln!(section, "\nMachine:\n");
+    for (k, v) in facts {
+        let _ = writeln!(section, "- {k}: {v}");
+    }
+    let _ = write!(section, "{end}");
+    section
+}
+
 pub fn replace_section(
     path: &Path,
     begin: &str,

@@ -1312,21 +1312,16 @@ const BEGIN: &str =
 const END: &str = "<!-- bench:gateway:end -->";
 
 fn write_markdown(path: &Path, report: &Report) -> Result<()> {
-    let mut section = String::new();
-    let _ = writeln!(section, "{BEGIN}");
-    let _ = writeln!(
-        section,
-        "Run of {} (`BENCH_ONLY_GATEWAY=1 bash deploy/bench.sh`):\n",
-        report.when
+    let section = support::results_section(
+        BEGIN,
+        END,
+        &format!(
+            "Run of {} (`BENCH_ONLY_GATEWAY=1 bash deploy/bench.sh`):",
+            report.when
+        ),
+        &report.table,
+        &report.notes,
+        &report.facts,
     );
-    let _ = writeln!(section, "{}\n", report.table);
-    for n in &report.notes {
-        let _ = writeln!(section, "- {n}");
-    }
-    let _ = writeln!(section, "\nMachine:\n");
-    for (k, v) in &report.facts {
-        let _ = writeln!(section, "- {k}: {v}");
-    }
-    let _ = write!(section, "{END}");
     support::replace_section(path, BEGIN, END, "### Results (gateway)", &section)
 }
